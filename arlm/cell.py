@@ -1,0 +1,194 @@
+"""The LSTM cell, written by hand.
+
+Each gate looks at the previous hidden state and the current input, side by side,
+[h_{t-1}, x_t], through its own weight matrix and bias:
+
+    f_t  = σ(W_f · [h_{t-1}, x_t] + b_f)        forget gate: how much old memory to keep
+    i_t  = σ(W_i · [h_{t-1}, x_t] + b_i)        input gate: how much new content to write
+    c̃_t  = tanh(W_c · [h_{t-1}, x_t] + b_c)     candidate: the new content proposed
+    o_t  = σ(W_o · [h_{t-1}, x_t] + b_o)        output gate: how much memory to expose
+    c_t  = f_t ⊙ c_{t-1} + i_t ⊙ c̃_t            cell state: the long-term memory
+    h_t  = o_t ⊙ tanh(c_t)                      hidden state: what the next layer sees
+
+`LSTMCell.forward` is exactly these six lines, one time step at a time: it is the
+definition. `LSTMCell.sequence` runs the same equations over a whole window fast:
+
+* the four named weights are stacked into one matrix (a view of the same parameters,
+  in the order f, i, c̃, o), split into the part that multiplies h and the part that
+  multiplies x;
+* the x part does not depend on the recurrence, so it is one big matrix product for
+  all time steps before the loop; inside the loop there is one product with h per step;
+* the backward pass is written by hand (`_Sequence.backward`): the recurrence runs
+  backwards once, and the weight gradients are again one big product over all steps,
+  instead of autograd's many small ones.
+
+Tests check that `sequence` equals step-by-step `forward`, that its gradients equal
+autograd's (and `torch.nn.LSTM`'s), and `gradcheck` in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Gates(NamedTuple):
+    f: Tensor        # forget gate, in (0, 1)
+    i: Tensor        # input gate, in (0, 1)
+    c_tilde: Tensor  # candidate, in (-1, 1)
+    o: Tensor        # output gate, in (0, 1)
+
+
+class Step(NamedTuple):
+    h: Tensor
+    c: Tensor
+    gates: Gates
+
+
+class Trace(NamedTuple):
+    """Everything one layer computed over a window, each (seq_len, batch, hidden)."""
+
+    f: Tensor
+    i: Tensor
+    c_tilde: Tensor
+    o: Tensor
+    c: Tensor
+    h: Tensor
+
+
+class LSTMCell(nn.Module):
+    """One LSTM layer: four gates, each with its own weight over [h_{t-1}, x_t] and bias."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        H, I = hidden_size, input_size
+        self.W_f = nn.Parameter(torch.empty(H, H + I))
+        self.W_i = nn.Parameter(torch.empty(H, H + I))
+        self.W_c = nn.Parameter(torch.empty(H, H + I))
+        self.W_o = nn.Parameter(torch.empty(H, H + I))
+        self.b_f = nn.Parameter(torch.empty(H))
+        self.b_i = nn.Parameter(torch.empty(H))
+        self.b_c = nn.Parameter(torch.empty(H))
+        self.b_o = nn.Parameter(torch.empty(H))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+        # A forget bias of 1 starts every unit remembering, so gradients flow through
+        # c from the first step (Gers et al. 2000; Jozefowicz et al. 2015).
+        nn.init.ones_(self.b_f)
+
+    # --- the definition: one step, the equations as written ---------------------------
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> Step:
+        """One time step. x: (batch, input_size); state: (h, c), each (batch, hidden)."""
+        h_prev, c_prev = state
+        hx = torch.cat([h_prev, x], dim=1)                   # [h_{t-1}, x_t]
+        f = torch.sigmoid(hx @ self.W_f.T + self.b_f)        # keep
+        i = torch.sigmoid(hx @ self.W_i.T + self.b_i)        # write
+        c_tilde = torch.tanh(hx @ self.W_c.T + self.b_c)     # propose
+        o = torch.sigmoid(hx @ self.W_o.T + self.b_o)        # expose
+        c = f * c_prev + i * c_tilde                         # memory
+        h = o * torch.tanh(c)                                # output
+        return Step(h, c, Gates(f, i, c_tilde, o))
+
+    # --- the same equations over a window, fast --------------------------------------
+
+    def fused(self, weight_drop: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        """The four gates stacked (f, i, c̃, o) and split by what they multiply:
+        W_h (4H, H) for h_{t-1}, W_x (4H, I) for x_t, and b (4H). Gradients flow back
+        to the named parameters. `weight_drop` applies DropConnect to W_h (AWD-LSTM)."""
+        H = self.hidden_size
+        W = torch.cat([self.W_f, self.W_i, self.W_c, self.W_o], dim=0)
+        b = torch.cat([self.b_f, self.b_i, self.b_c, self.b_o])
+        W_h, W_x = W[:, :H], W[:, H:]
+        if weight_drop > 0 and self.training:
+            W_h = F.dropout(W_h, weight_drop)
+        return W_h, W_x, b
+
+    def sequence(
+        self, x: Tensor, state: tuple[Tensor, Tensor], weight_drop: float = 0.0
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Trace]:
+        """Run over x (seq_len, batch, input_size) from state (h0, c0).
+
+        Returns the hidden states (seq_len, batch, hidden), the final (h, c), and the
+        `Trace` of every gate and state at every step (computed anyway for the backward
+        pass, so recording gates costs nothing extra)."""
+        W_h, W_x, b = self.fused(weight_drop)
+        h0, c0 = state
+        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W_x, W_h, b)
+        H = self.hidden_size
+        trace = Trace(gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :], cs, hs.detach())
+        return hs, (h, c), trace
+
+
+class _Sequence(torch.autograd.Function):
+    """Forward and backward of the LSTM equations over a window, by hand."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, W_x, W_h, b):
+        T, B, _ = x.shape
+        H = h0.shape[1]
+        # The input half of every gate, for all steps at once: (T, B, 4H).
+        gx = torch.addmm(b, x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
+        gates = torch.empty_like(gx)                         # f, i, c̃, o after σ / tanh
+        cs = x.new_empty(T, B, H)
+        hs = x.new_empty(T, B, H)
+        tanh_cs = x.new_empty(T, B, H)
+        h, c = h0, c0
+        for t in range(T):
+            g = torch.addmm(gx[t], h, W_h.t(), out=gates[t])  # W · [h_{t-1}, x_t] + b
+            g[:, : 2 * H].sigmoid_()                           # f, i
+            g[:, 2 * H : 3 * H].tanh_()                        # c̃
+            g[:, 3 * H :].sigmoid_()                           # o
+            f, i, c_tilde, o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
+            c = torch.addcmul(f * c, i, c_tilde, out=cs[t])    # c_t = f ⊙ c_{t-1} + i ⊙ c̃_t
+            torch.tanh(c, out=tanh_cs[t])
+            h = torch.mul(o, tanh_cs[t], out=hs[t])            # h_t = o ⊙ tanh(c_t)
+        ctx.save_for_backward(x, h0, c0, W_x, W_h, gates, cs, tanh_cs, hs)
+        ctx.mark_non_differentiable(gates, cs)
+        ctx.set_materialize_grads(False)  # unused outputs (gates, cs) get None, not zeros
+        return hs, h.clone(), c.clone(), gates, cs
+
+    @staticmethod
+    def backward(ctx, d_hs, d_hT, d_cT, _d_gates, _d_cs):
+        x, h0, c0, W_x, W_h, gates, cs, tanh_cs, hs = ctx.saved_tensors
+        T, B, H = hs.shape
+        f, i, c_tilde, o = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
+        c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
+        # Everything that does not depend on the running gradient, for all steps at once:
+        # ∂c_t/∂(pre-activations) of f, i, c̃ and ∂h_t/∂(pre-activation of o).
+        P = torch.empty_like(gates)
+        torch.mul(c_prev, f * (1 - f), out=P[..., :H])                  # via f
+        torch.mul(c_tilde, i * (1 - i), out=P[..., H : 2 * H])          # via i
+        torch.mul(i, 1 - c_tilde * c_tilde, out=P[..., 2 * H : 3 * H])  # via c̃
+        torch.mul(tanh_cs, o * (1 - o), out=P[..., 3 * H :])            # via o
+        dtanh = o * (1 - tanh_cs * tanh_cs)                             # ∂h_t/∂c_t
+        dG = torch.empty_like(gates)
+        D = hs.new_empty(B, 4, H)  # the running gradient each gate acts through: (dc, dc, dc, dh)
+        dh = d_hT if d_hT is not None else hs.new_zeros(B, H)
+        dc = d_cT if d_cT is not None else hs.new_zeros(B, H)
+        for t in range(T - 1, -1, -1):
+            if d_hs is not None:
+                dh = dh + d_hs[t]
+            dc = torch.addcmul(dc, dh, dtanh[t])
+            # f, i and c̃ act through c; o acts through h.
+            D[:, :3] = dc.unsqueeze(1)
+            D[:, 3] = dh
+            torch.mul(P[t].view(B, 4, H), D, out=dG[t].view(B, 4, H))
+            dc = dc * f[t]
+            dh = dG[t] @ W_h
+        dG2 = dG.view(T * B, 4 * H)
+        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * B, H)
+        d_x = (dG2 @ W_x).view_as(x) if ctx.needs_input_grad[0] else None
+        d_W_x = dG2.t() @ x.reshape(T * B, -1) if ctx.needs_input_grad[3] else None
+        d_W_h = dG2.t() @ h_prev if ctx.needs_input_grad[4] else None
+        d_b = dG2.sum(0) if ctx.needs_input_grad[5] else None
+        return d_x, dh, dc, d_W_x, d_W_h, d_b
