@@ -63,8 +63,8 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer kind {self.kind!r} is not valid; choose word or sentencepiece")
         if self.sp_model not in ("unigram", "bpe"):
             raise ValueError(f"sentencepiece model {self.sp_model!r} is not valid; choose unigram or bpe")
-        if self.vocab_size < 8:
-            raise ValueError(f"vocab_size must be at least 8, got {self.vocab_size}")
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be positive, got {self.vocab_size}")
         if self.min_freq < 1:
             raise ValueError(f"min_freq must be at least 1, got {self.min_freq}")
 
@@ -221,8 +221,6 @@ class SentencePieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], config: TokenizerConfig) -> tuple["SentencePieceTokenizer", dict]:
-        import sentencepiece as spm
-
         def sentences():
             for text in texts:
                 norm = normalize(text, config.normalize)
@@ -230,18 +228,28 @@ class SentencePieceTokenizer:
                     yield norm
 
         buf = io.BytesIO()
+        try:
+            cls._train(sentences(), buf, config)
+        except RuntimeError as e:  # sentencepiece reports problems as INTERNAL errors
+            detail = str(e).split("] ")[-1].strip()
+            raise ValueError(f"sentencepiece training failed: {detail} (byte fallback adds 256 pieces; raise --vocab-size)") from None
+        tok = cls(buf.getvalue(), config)
+        return tok, {"vocab_size": tok.vocab_size}
+
+    @staticmethod
+    def _train(sentences, buf, config: TokenizerConfig) -> None:
+        import sentencepiece as spm
+
         # Identity normalization and byte fallback: arlm has already normalized the text,
         # and any character sentencepiece has not seen round-trips as bytes, never as ⁇.
         spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences(), model_writer=buf, vocab_size=config.vocab_size,
+            sentence_iterator=sentences, model_writer=buf, vocab_size=config.vocab_size,
             model_type=config.sp_model, character_coverage=0.9999, byte_fallback=True,
             normalization_rule_name="identity", remove_extra_whitespaces=False,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             input_sentence_size=2_000_000, shuffle_input_sentence=True, max_sentence_length=1 << 16,
             hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2,
         )
-        tok = cls(buf.getvalue(), config)
-        return tok, {"vocab_size": tok.vocab_size}
 
     @property
     def vocab_size(self) -> int:

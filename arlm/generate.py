@@ -1,0 +1,531 @@
+"""Next-word prediction, generation, beam search and scoring with a trained model.
+
+    import arlm
+    lm = arlm.load("runs/hadith")                      # a Predictor
+    lm.predict_next("قال رسول", k=5)                   # [("الله", 0.97), ...]
+    lm.generate("قال رسول الله", temperature=0.8, top_p=0.9, seed=0)
+    lm.beam_search("قال رسول الله", beam_size=5)       # [(text, score), ...]
+    lm.score("قال رسول الله صلى الله عليه وسلم")       # log-probs and perplexity
+
+Conventions, the same as in training:
+
+* Text goes through the checkpoint's own tokenizer, which normalizes it first; a word
+  outside the vocabulary becomes <unk>.
+* The model reads <eos> as "a document starts here", so a prompt is read as
+  [eos] + encode(prompt) from the zero state, and an empty prompt is just [eos].
+* The prompt is read once (in chunks of READ_CHUNK tokens, so a 10,000-word prompt is
+  only a longer walk); after that each new token is fed alone and the LSTM state
+  carries everything read so far: O(1) work per generated token.
+
+A Predictor never changes after it is built: every call keeps its state in local
+variables and runs under torch.inference_mode(), so one Predictor can serve several
+threads at once. Randomness comes from a local torch.Generator per prompt, never from
+the global RNG.
+
+Command line: `arlm-generate --help` (also `python -m arlm.generate`, scripts/generate.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from arlm import checkpoint
+from arlm.model import LanguageModel, State
+
+# Tokens read per forward pass. The LSTM walks token by token either way; the chunks only
+# bound the memory a very long prompt or text needs (gates, and V logits per scored token).
+READ_CHUNK = 1024
+
+
+# --- sampling filters: pure functions on (..., V) logits ----------------------------
+
+
+def filter_top_k(logits: Tensor, k: int | None) -> Tensor:
+    """Keep the k highest logits (ties with the k-th are kept too); the rest become -inf."""
+    if k is None or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, -math.inf)
+
+
+def filter_top_p(logits: Tensor, p: float | None) -> Tensor:
+    """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of most likely tokens
+    whose probability mass reaches p; the rest become -inf. The most likely token is always
+    kept, so the result can always be sampled from."""
+    if p is None or p >= 1.0:
+        return logits
+    probs = logits.softmax(-1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    # A token is needed while the mass of the tokens above it has not yet reached p.
+    mass_above = sorted_probs.cumsum(-1) - sorted_probs
+    drop_sorted = mass_above >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, -math.inf)
+
+
+# --- argument checks: one line each, saying what is valid ---------------------------
+
+
+def check_sampling(max_new_tokens: int = 0, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> None:
+    """Raise ValueError unless the generation settings are usable."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def check_beam(beam_size: int, max_new_tokens: int, length_penalty: float, n_best: int | None) -> None:
+    """Raise ValueError unless the beam search settings are usable."""
+    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
+        raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
+    check_sampling(max_new_tokens)
+    if not (isinstance(length_penalty, (int, float)) and math.isfinite(length_penalty) and length_penalty >= 0):
+        raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty!r}")
+    if n_best is not None and (not isinstance(n_best, int) or not 1 <= n_best <= beam_size):
+        raise ValueError(f"n_best must be an integer in 1..beam_size ({beam_size}) or None, got {n_best!r}")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, or a ValueError that says why it cannot be used here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not valid ({e}); use e.g. cpu, cuda or cuda:1") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    return dev
+
+
+def _check_prompt(prompt) -> str:
+    if not isinstance(prompt, str):
+        raise ValueError(f"a prompt must be a string, got {type(prompt).__name__}")
+    return prompt
+
+
+# --- the predictor ------------------------------------------------------------------
+
+
+class Predictor:
+    """A trained model and its tokenizer, ready to predict, generate, search and score.
+
+    Build it with `load(path)` (or `arlm.load(path)`). Attributes: `model` (in eval mode),
+    `tokenizer`, `config` (the checkpoint's config dict), `device`.
+    """
+
+    def __init__(self, model: LanguageModel, tokenizer, config: dict | None = None):
+        if tokenizer.vocab_size != model.config.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config or {}
+        self.device = next(model.parameters()).device
+        # Ids never proposed: <pad> and <bos> never occur in a training stream, and <unk>
+        # is not a word (only when asked). Built once here and only ever read afterwards.
+        never = torch.zeros(tokenizer.vocab_size, dtype=torch.bool, device=self.device)
+        never[[tokenizer.pad_id, tokenizer.bos_id]] = True
+        self._banned_with_unk = never.clone()
+        self._banned_with_unk[tokenizer.unk_id] = True
+        self._banned_without_unk = never
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def __repr__(self) -> str:
+        c = self.model.config
+        return (f"Predictor(vocab={c.vocab_size}, layers={c.num_layers}, hidden={c.hidden_size}, "
+                f"softmax={'adaptive' if c.uses_adaptive else 'full'}, device={self.device})")
+
+    # --- reading text ------------------------------------------------------------------
+
+    def _banned(self, allow_unk: bool) -> Tensor:
+        return self._banned_without_unk if allow_unk else self._banned_with_unk
+
+    def _ids(self, prompt: str) -> list[int]:
+        """[eos] + the prompt's ids: the model reads eos as the start of a document."""
+        return [self.tokenizer.eos_id] + self.tokenizer.encode(_check_prompt(prompt))
+
+    def _walk(self, ids: list[int]) -> Iterator[tuple[Tensor, State]]:
+        """Read ids from the zero state, READ_CHUNK at a time; yield (features (n, E), state)."""
+        state = None
+        for start in range(0, len(ids), READ_CHUNK):
+            x = torch.tensor(ids[start:start + READ_CHUNK], dtype=torch.long, device=self.device).view(-1, 1)
+            out = self.model(x, state)
+            state = out.state
+            yield out.features[:, 0], state
+
+    def _read(self, prompt: str) -> tuple[Tensor, State]:
+        """(log-probabilities of the next token (V,), state (L, 1, H)) after reading the prompt."""
+        for features, state in self._walk(self._ids(prompt)):
+            pass
+        return self.model.log_probs(features[-1]), state
+
+    def _decode(self, ids: list[int]) -> str:
+        """Text of generated ids; an <eos> inside them (stop_at_eos=False) starts a new line."""
+        docs, current = [], []
+        for i in ids:
+            if i == self.tokenizer.eos_id:
+                docs.append(current)
+                current = []
+            else:
+                current.append(i)
+        docs.append(current)
+        return "\n".join(self.tokenizer.decode(d) for d in docs)
+
+    # --- the next token ----------------------------------------------------------------
+
+    def next_distribution(self, prefix: str = "") -> Tensor:
+        """P(next token | prefix) over the whole vocabulary: a (V,) float tensor on the CPU
+        summing to 1, indexed by token id (special tokens included, as the model gives them)."""
+        with torch.inference_mode():
+            log_probs, _ = self._read(prefix)
+            probs = log_probs.exp().cpu()
+        return probs.clone()  # cloned outside inference mode: an ordinary tensor for the caller
+
+    def predict_next(self, prefix: str = "", k: int = 10, allow_unk: bool = False) -> list[tuple[str, float]]:
+        """The k most likely next tokens after `prefix`, most likely first, as (token, probability).
+
+        <pad> and <bos> are never listed, nor <unk> unless allow_unk; "<eos>" means the text
+        ends here. Probabilities are the model's own, not renormalized over the list."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        banned = self._banned(allow_unk)
+        with torch.inference_mode():
+            log_probs, _ = self._read(prefix)
+            allowed = self.vocab_size - int(banned.sum())
+            top = log_probs.masked_fill(banned, -math.inf).topk(min(k, allowed))
+            pairs = zip(top.indices.tolist(), top.values.tolist())
+        return [(self.tokenizer.id_to_token(i), math.exp(v)) for i, v in pairs]
+
+    # --- sampling and greedy generation ------------------------------------------------
+
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 50, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop_at_eos: bool = True, allow_unk: bool = False) -> str | list[str]:
+        """Continue the prompt: returns the new text only (not the prompt).
+
+        temperature 0 is greedy (always the most likely token); otherwise tokens are sampled
+        from the distribution sharpened (< 1) or flattened (> 1) by the temperature, then cut
+        to the top_k tokens and/or the top_p nucleus. <pad>, <bos> and <unk> are never
+        produced unless allow_unk. With stop_at_eos the text ends where the model ends the
+        document; without it an <eos> starts a new line and generation goes on.
+
+        A list of prompts gives a list of texts. Each prompt is read on its own (no padding)
+        and then all continue side by side. With a seed, prompt i samples from its own
+        generator seeded `seed + i`: the same seed gives the same texts, and a prompt's
+        text does not depend on the other prompts in the list."""
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        texts = [self._decode(ids) for ids in self._generate_ids(
+            prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, allow_unk)]
+        return texts[0] if single else texts
+
+    def _generate_ids(self, prompts: list[str], max_new_tokens: int = 50, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                      stop_at_eos: bool = True, allow_unk: bool = False) -> list[list[int]]:
+        """The generated ids of each prompt (what `generate` decodes)."""
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
+        for p in prompts:
+            _check_prompt(p)
+        if not prompts:
+            return []
+        generators = None
+        if temperature > 0:
+            base = seed if seed is not None else int.from_bytes(os.urandom(6), "little")
+            generators = [torch.Generator().manual_seed(base + i) for i in range(len(prompts))]
+        eos = self.tokenizer.eos_id
+        banned = self._banned(allow_unk)
+        out: list[list[int]] = [[] for _ in prompts]
+        with torch.inference_mode():
+            reads = [self._read(p) for p in prompts]
+            log_probs = torch.stack([lp for lp, _ in reads])                         # (B, V)
+            state = tuple(torch.cat([s[j] for _, s in reads], dim=1) for j in (0, 1))  # (L, B, H)
+            done = [False] * len(prompts)
+            for t in range(max_new_tokens):
+                next_ids = self._choose(log_probs, banned, temperature, top_k, top_p, generators)
+                for b, token in enumerate(next_ids.tolist()):
+                    if done[b]:
+                        continue  # finished rows still ride along; their tokens are dropped
+                    if stop_at_eos and token == eos:
+                        done[b] = True
+                    else:
+                        out[b].append(token)
+                if all(done) or t + 1 == max_new_tokens:
+                    break
+                log_probs, state = self.model.step(next_ids, state)
+        return out
+
+    def _choose(self, log_probs: Tensor, banned: Tensor, temperature: float, top_k: int | None,
+                top_p: float | None, generators: list[torch.Generator] | None) -> Tensor:
+        """One next token per row of log_probs (B, V)."""
+        logits = log_probs.masked_fill(banned, -math.inf)
+        if temperature == 0:
+            return logits.argmax(-1)
+        logits = filter_top_p(filter_top_k(logits / temperature, top_k), top_p)
+        # Sampled on the CPU, row by row with each prompt's own generator, so a seed gives
+        # the same text whatever the device and whatever else is in the batch.
+        probs = logits.softmax(-1).float().cpu()
+        picks = [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)]
+        return torch.cat(picks).to(self.device)
+
+    # --- beam search -------------------------------------------------------------------
+
+    def beam_search(self, prompt: str, beam_size: int = 5, max_new_tokens: int = 20, length_penalty: float = 1.0,
+                    n_best: int | None = None, allow_unk: bool = False, stop_at_eos: bool = True
+                    ) -> list[tuple[str, float]]:
+        """The n_best (default beam_size) most likely continuations, best first, as (text, score).
+
+        Each beam carries its own LSTM state. At every step all extensions of the live
+        beams are ranked by total log-probability and the best ones are kept, one per
+        beam still open; an extension that ends with <eos> is finished and closes its beam
+        (with stop_at_eos=False <eos> is an ordinary token). The search ends when every
+        beam has finished or after max_new_tokens, so beam_size 1 is exactly greedy
+        generation and beam_size hypotheses come back (fewer only for a tiny vocabulary).
+
+        score = (sum of the new tokens' log-probabilities) / length ** length_penalty,
+        where length counts the new tokens including the closing <eos>: length_penalty 0
+        ranks by total log-probability (which favours short texts), 1 by the mean."""
+        check_beam(beam_size, max_new_tokens, length_penalty, n_best)
+        n_best = beam_size if n_best is None else n_best
+        eos, V = self.tokenizer.eos_id, self.vocab_size
+        banned = self._banned(allow_unk)
+        finished: list[tuple[list[int], float]] = []  # (ids, total log-prob)
+        with torch.inference_mode():
+            log_probs, state = self._read(prompt)
+            log_probs = log_probs.unsqueeze(0)           # (live beams, V)
+            beams: list[list[int]] = [[]]                 # the live beams' new ids
+            totals = torch.zeros(1, device=self.device)  # their total log-probabilities
+            for t in range(max_new_tokens):
+                candidates = (totals[:, None] + log_probs.masked_fill(banned, -math.inf)).view(-1)
+                top = candidates.topk(min(beam_size - len(finished), candidates.numel()))
+                new_beams, new_totals, origins = [], [], []
+                for total, index in zip(top.values.tolist(), top.indices.tolist()):
+                    if total == -math.inf:
+                        break
+                    origin, token = divmod(index, V)
+                    if stop_at_eos and token == eos:
+                        finished.append((beams[origin] + [token], total))
+                    else:
+                        new_beams.append(beams[origin] + [token])
+                        new_totals.append(total)
+                        origins.append(origin)
+                beams, totals = new_beams, torch.tensor(new_totals, device=self.device)
+                if not beams or t + 1 == max_new_tokens:
+                    break
+                pick = torch.tensor(origins, device=self.device)
+                state = (state[0].index_select(1, pick), state[1].index_select(1, pick))
+                last = torch.tensor([ids[-1] for ids in beams], device=self.device)
+                log_probs, state = self.model.step(last, state)
+            finished += zip(beams, totals.tolist())  # still open after max_new_tokens: as they are
+
+        def score(total: float, length: int) -> float:
+            return total / length ** length_penalty if length else 0.0
+
+        ranked = sorted(((score(total, len(ids)), ids) for ids, total in finished), key=lambda s: -s[0])
+        return [(self._decode(ids[:-1] if stop_at_eos and ids and ids[-1] == eos else ids), s)
+                for s, ids in ranked[:n_best]]
+
+    # --- scoring -----------------------------------------------------------------------
+
+    def score(self, text: str) -> dict:
+        """How likely the model finds `text` as a whole document, measured as training does:
+        from the start-of-document state, every token and the closing <eos> is predicted.
+
+        Returns {"tokens": [(token, log_prob), ...] (the <eos> last), "total_logprob": float,
+        "num_tokens": int (tokens + 1 for <eos>), "perplexity": exp(-total / num_tokens)}.
+        Natural logarithms; words outside the vocabulary are scored as <unk>."""
+        ids = self._ids(text)
+        targets = ids[1:] + [self.tokenizer.eos_id]
+        with torch.inference_mode():
+            chunks = []
+            for start, (features, _) in zip(range(0, len(ids), READ_CHUNK), self._walk(ids)):
+                y = torch.tensor(targets[start:start + READ_CHUNK], dtype=torch.long, device=self.device)
+                chunks.append(-self.model.nll(features, y))
+            log_probs = torch.cat(chunks).tolist()
+        total = math.fsum(log_probs)
+        mean_nll = -total / len(targets)
+        return {
+            "tokens": [(self.tokenizer.id_to_token(t), lp) for t, lp in zip(targets, log_probs)],
+            "total_logprob": total,
+            "num_tokens": len(targets),
+            "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,
+        }
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
+    """A Predictor from a model directory, or a run directory (its best/, else latest/)."""
+    model, tokenizer, config = checkpoint.load(path, check_device(device))
+    return Predictor(model, tokenizer, config)
+
+
+# --- command line -------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a ValueError, so main() prints it as
+    one `error: ...` line like every other bad input."""
+
+    def error(self, message: str):
+        raise ValueError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="arlm-generate",
+        description="Predict the next word, generate text, or beam-search continuations with a trained "
+                    "arlm checkpoint. Prompts are normalized and tokenized exactly as in training; an "
+                    "empty prompt starts a new document. Arabic is printed as plain UTF-8 in logical "
+                    "order (no reshaping), so terminals and files show it right to left.",
+        epilog="examples:\n"
+               "  arlm-generate --checkpoint runs/hadith --prompt 'قال رسول' --next-word 5\n"
+               "  arlm-generate --checkpoint runs/hadith --prompt 'قال رسول الله' --temperature 0.8 "
+               "--top-p 0.9 --num-samples 3 --seed 0\n"
+               "  arlm-generate --checkpoint runs/hadith --prompt-file prompts.txt --beam-size 5\n"
+               "  arlm-generate --checkpoint runs/hadith --interactive --next-word 10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="model directory, or a training run directory (its best/, else latest/, is used); required")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompt", default="", metavar="TEXT",
+                        help="the prompt (default: empty, i.e. the start of a new document)")
+    source.add_argument("--prompt-file", metavar="FILE",
+                        help="UTF-8 file with one prompt per line; blank lines are skipped (default: none)")
+    source.add_argument("--interactive", action="store_true",
+                        help="read one prompt per line from stdin until EOF and answer each; an empty line "
+                             "asks from the start of a document (default: off)")
+    parser.add_argument("--next-word", type=int, metavar="K",
+                        help="instead of generating, print a ranked table of the K most likely next words "
+                             "with their probabilities (default: off)")
+    parser.add_argument("--num-samples", type=int, default=1, metavar="N",
+                        help="samples to draw per prompt; in beam mode, how many of the best beams to print "
+                             "(at most --beam-size) (default: 1)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N",
+                        help="most tokens to generate (default: 50 when sampling, 20 in beam mode)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help=">= 0; 0 is greedy, below 1 sharper, above 1 more random (default: 1.0)")
+    parser.add_argument("--top-k", type=int, metavar="K",
+                        help="sample only among the K most likely tokens (default: no limit)")
+    parser.add_argument("--top-p", type=float, metavar="P",
+                        help="in (0, 1]: sample only from the smallest set of tokens whose probability "
+                             "reaches P (default: no limit)")
+    parser.add_argument("--seed", type=int,
+                        help="seed for reproducible samples; sample i of a prompt uses seed + i "
+                             "(default: a fresh random seed each run)")
+    parser.add_argument("--beam-size", type=int, metavar="N",
+                        help="beam search with N beams instead of sampling (default: off, i.e. sampling)")
+    parser.add_argument("--length-penalty", type=float, default=1.0,
+                        help="beam mode: score = sum of log-probs / length ** this; 0 favours short "
+                             "continuations, 1 ranks by the mean (default: 1.0)")
+    parser.add_argument("--allow-unk", action="store_true",
+                        help="let <unk> be generated and listed (default: never)")
+    parser.add_argument("--no-stop-at-eos", action="store_true",
+                        help="keep generating past the end of a document; each new document starts a "
+                             "new line (default: stop at the end of the document)")
+    parser.add_argument("--device", default="cpu",
+                        help="device to run on, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every bad setting is reported before the model is loaded."""
+    if args.next_word is not None and args.next_word < 1:
+        raise ValueError(f"--next-word must be >= 1, got {args.next_word}")
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_sampling(50 if args.max_new_tokens is None else args.max_new_tokens,
+                   args.temperature, args.top_k, args.top_p)
+    if args.beam_size is not None:
+        check_beam(args.beam_size, 20 if args.max_new_tokens is None else args.max_new_tokens,
+                   args.length_penalty, None)
+        if args.num_samples > args.beam_size:
+            raise ValueError(f"--num-samples must be at most --beam-size ({args.beam_size}) in beam mode, "
+                             f"got {args.num_samples}")
+    check_device(args.device)
+
+
+def _answer(lm: Predictor, prompt: str, args: argparse.Namespace, out) -> None:
+    """Print the answer to one prompt in the mode the arguments ask for."""
+    print(f"prompt: {prompt}" if prompt.strip() else "prompt: (empty: the start of a document)", file=out)
+    if args.next_word is not None:
+        print(f"{'rank':>4}  {'probability':>11}  token", file=out)
+        for rank, (token, p) in enumerate(lm.predict_next(prompt, args.next_word, args.allow_unk), 1):
+            print(f"{rank:>4}  {p:>11.6f}  {token}", file=out)
+    elif args.beam_size is not None:
+        kwargs = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+        beams = lm.beam_search(prompt, args.beam_size, length_penalty=args.length_penalty, n_best=args.num_samples,
+                               allow_unk=args.allow_unk, stop_at_eos=not args.no_stop_at_eos, **kwargs)
+        for rank, (text, score) in enumerate(beams, 1):
+            print(f"beam {rank} (score {score:.4f}): {text}", file=out)
+    else:
+        texts = lm.generate([prompt] * args.num_samples, 50 if args.max_new_tokens is None else args.max_new_tokens,
+                            args.temperature, args.top_k, args.top_p, args.seed,
+                            stop_at_eos=not args.no_stop_at_eos, allow_unk=args.allow_unk)
+        for i, text in enumerate(texts, 1):
+            print(f"sample {i}: {text}", file=out)
+    print(file=out)
+    out.flush()
+
+
+def _utf8(stream) -> None:
+    """Make a standard stream UTF-8 where it is not already (e.g. a Windows console, LANG=C)."""
+    encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+    if encoding != "utf8" and hasattr(stream, "reconfigure"):
+        try:
+            stream.reconfigure(encoding="utf-8")
+        except (ValueError, OSError):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `arlm-generate` command. Returns 0 on success, 2 on a bad input (one `error:` line)."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        _utf8(stream)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _check_args(args)
+        prompts = None
+        if args.prompt_file is not None:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        elif not args.interactive:
+            prompts = [args.prompt]
+        lm = load(args.checkpoint, args.device)
+        if args.interactive:
+            if sys.stdin.isatty():
+                print("one prompt per line; Ctrl-D to end", file=sys.stderr)
+            for line in sys.stdin:
+                _answer(lm, line.strip(), args, sys.stdout)
+        else:
+            for prompt in prompts:
+                _answer(lm, prompt, args, sys.stdout)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError; FileNotFoundError an OSError
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Shared test setup: offline hub, a private token cache, small thread counts, tiny data."""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    os.environ["ARLM_CACHE"] = str(tmp_path_factory.mktemp("arlm-cache"))
+
+
+SUBJECTS = ["الولد", "البنت", "المعلم", "الطبيب", "الفلاح", "التاجر", "الكاتب", "الطالب"]
+VERBS = ["ذهب", "رجع", "سافر", "مشى", "جاء"]
+PLACES = ["المدرسة", "السوق", "المدينة", "البيت", "المسجد", "الحقل", "المكتبة"]
+TIMES = ["صباحا", "مساء", "يوم الجمعة", "بعد الظهر"]
+
+
+def arabic_documents(n: int, seed: int = 0) -> list[str]:
+    """Small, regular Arabic documents: enough structure for a model to learn quickly."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        sents = []
+        for _ in range(rng.randint(1, 3)):
+            sents.append(f"{rng.choice(VERBS)} {rng.choice(SUBJECTS)} إلى {rng.choice(PLACES)} {rng.choice(TIMES)} .")
+        docs.append(" ".join(sents))
+    return docs
+
+
+@pytest.fixture
+def text_corpus(tmp_path) -> Path:
+    """A .txt corpus, one document per line (~30k tokens)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(arabic_documents(1500)) + "\n", encoding="utf-8")
+    return path
+
+
+def hadith_texts(n: int = 2000) -> list[str]:
+    """Real, fully diacritized Classical Arabic from the embedded default corpus."""
+    from arlm.corpus import _package_documents, resolve
+
+    return [t for _, t in zip(range(n), (text for _, text in _package_documents(resolve("hadith"), "strict")))]
