@@ -337,8 +337,12 @@ class Trainer:
         cfg = self.cfg
         if self.main:
             preflight(self.out)
+        if self.world > 1 and not self.main:
+            dist.barrier()  # rank 0 builds the token cache first; the others then read it
         data = prepare(cfg.corpus, cfg.tokenizer_config(), workers=cfg.workers or None,
                        encoding_errors=cfg.encoding_errors, field_name=cfg.text_field, verbose=self.main)
+        if self.world > 1 and self.main:
+            dist.barrier()
         self.data, self.tokenizer = data, data.tokenizer
         share = data.stats.get("arabic_share", 1.0)
         if self.main and share < 0.5:
@@ -347,10 +351,11 @@ class Trainer:
             raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {self.world} processes")
         needed = cfg.batch_size * (cfg.bptt + 1)
         if len(data.train) < needed:
-            fit = max(1, len(data.train) // (2 * (cfg.bptt + 1)))
+            n = len(data.train)
+            hint = (f"--batch-size {n // (cfg.bptt + 1)}" if n >= 2 * (cfg.bptt + 1)
+                    else f"--batch-size 1 --bptt {max(1, n // 2 - 1)}" if n >= 4 else "a larger corpus")
             raise ValueError(
-                f"the train split has {len(data.train):,} tokens, fewer than batch_size × (bptt + 1) = {needed:,}; "
-                f"try --batch-size {fit} or a smaller --bptt"
+                f"the train split has {n:,} tokens, fewer than batch_size × (bptt + 1) = {needed:,}; try {hint}"
             )
         self.rows = batching.shard(batching.streams(data.train, cfg.batch_size), self.rank, self.world)
         torch.manual_seed(cfg.seed)

@@ -1,0 +1,130 @@
+import pytest
+import torch
+from torch import nn
+
+from arlm.cell import LSTMCell, _Sequence
+from arlm.model import StackedLSTM
+
+
+def readable_run(cell: LSTMCell, x, h, c):
+    """The definition: the seed's equations, one step at a time."""
+    hs = []
+    for x_t in x:
+        step = cell(x_t, (h, c))
+        h, c = step.h, step.c
+        hs.append(h)
+    return torch.stack(hs), h, c
+
+
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 4), (7, 5, 6, 9), (20, 3, 16, 8)])
+def test_fast_sequence_equals_readable_step(T, B, I, H):
+    torch.manual_seed(T)
+    cell = LSTMCell(I, H)
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
+    hs, (h, c), trace = cell.sequence(x, (h0, c0))
+    ref_hs, ref_h, ref_c = readable_run(cell, x, h0, c0)
+    torch.testing.assert_close(hs, ref_hs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c, ref_c, atol=1e-5, rtol=0)
+    # the trace holds the same gates the readable step computes
+    step0 = cell(x[0], (h0, c0))
+    for name in ("f", "i", "c_tilde", "o"):
+        torch.testing.assert_close(getattr(trace, name)[0], getattr(step0.gates, name), atol=1e-6, rtol=0)
+    torch.testing.assert_close(trace.c[-1], c)
+    torch.testing.assert_close(trace.h, hs)
+
+
+def test_hand_written_backward_equals_autograd_of_the_readable_step():
+    torch.manual_seed(0)
+    cell = LSTMCell(5, 6)
+    x = torch.randn(9, 4, 5, requires_grad=True)
+    h0, c0 = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    w_out, w_h, w_c = torch.randn(9, 4, 6), torch.randn(4, 6), torch.randn(4, 6)
+
+    def grads(run):
+        hs, h, c = run()
+        loss = (hs * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()
+        return torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])
+
+    fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0))))
+    slow = grads(lambda: readable_run(cell, x, h0, c0))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(0)
+    cell = LSTMCell(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    W_h, W_x, b = (t.detach().clone().requires_grad_() for t in cell.fused())
+    assert torch.autograd.gradcheck(lambda *a: _Sequence.apply(*a)[:3], (x, h0, c0, W_x, W_h, b))
+    # the readable step, through the named parameters
+    assert torch.autograd.gradcheck(lambda x, h, c: tuple(cell(x, (h, c))[:2]), (x[0], h0, c0))
+
+
+@pytest.mark.parametrize("layers,T,B,I,H", [(1, 4, 1, 3, 5), (2, 12, 4, 8, 16), (3, 6, 7, 10, 6)])
+def test_stack_matches_torch_lstm_outputs_states_and_all_gradients(layers, T, B, I, H):
+    torch.manual_seed(layers)
+    ref = nn.LSTM(I, H, layers)
+    ours = StackedLSTM.from_torch(ref)
+    x = torch.randn(T, B, I)
+    h0, c0 = torch.randn(layers, B, H), torch.randn(layers, B, H)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, (h_ref, c_ref) = ref(x1, (h0, c0))
+    y, (h, c), _ = ours(x2, (h0, c0))
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=1e-5, rtol=0)
+    w = torch.randn_like(y)
+    ((y_ref * w).sum() + h_ref.sum() + 2 * c_ref.sum()).backward()
+    ((y * w).sum() + h.sum() + 2 * c.sum()).backward()
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=0)
+    # map our per-gate gradients back onto torch's (i, f, g, o) layout and compare
+    for k, cell in enumerate(ours.cells):
+        for gate, j in (("i", 0), ("f", 1), ("c", 2), ("o", 3)):
+            rows = slice(j * H, (j + 1) * H)
+            g_w = getattr(cell, f"W_{gate}").grad
+            torch.testing.assert_close(g_w[:, :H], getattr(ref, f"weight_hh_l{k}").grad[rows], atol=1e-5, rtol=0)
+            torch.testing.assert_close(g_w[:, H:], getattr(ref, f"weight_ih_l{k}").grad[rows], atol=1e-5, rtol=0)
+            torch.testing.assert_close(getattr(cell, f"b_{gate}").grad, getattr(ref, f"bias_ih_l{k}").grad[rows], atol=1e-5, rtol=0)
+            torch.testing.assert_close(getattr(cell, f"b_{gate}").grad, getattr(ref, f"bias_hh_l{k}").grad[rows], atol=1e-5, rtol=0)
+
+
+def test_to_torch_round_trip():
+    torch.manual_seed(0)
+    ours = StackedLSTM(6, 7, 2)
+    ref = ours.to_torch()
+    x = torch.randn(5, 3, 6)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-5, rtol=0)
+    again = StackedLSTM.from_torch(ref)
+    for a, b in zip(ours.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_seed_experiment_hello_learns_to_loss_below_0_01_in_200_steps():
+    """The tutorial's experiment on arlm's cell: read "hell", predict "ello"."""
+    chars = sorted(set("hello"))
+    idx = {ch: k for k, ch in enumerate(chars)}
+    x = torch.eye(len(chars))[[idx[ch] for ch in "hell"]].unsqueeze(1)  # (4, 1, 4) one-hot
+    y = torch.tensor([idx[ch] for ch in "ello"])
+    torch.manual_seed(0)
+    cell, fc = LSTMCell(len(chars), 8), nn.Linear(8, len(chars))
+    opt = torch.optim.Adam([*cell.parameters(), *fc.parameters()], lr=0.1)
+    for _ in range(200):
+        hs, _, _ = cell.sequence(x, (torch.zeros(1, 8), torch.zeros(1, 8)))
+        loss = nn.functional.cross_entropy(fc(hs[:, 0]), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.01
+
+
+def test_gates_are_in_range():
+    torch.manual_seed(0)
+    cell = LSTMCell(4, 5)
+    _, _, tr = cell.sequence(torch.randn(6, 3, 4) * 5, (torch.zeros(3, 5), torch.zeros(3, 5)))
+    for g in (tr.f, tr.i, tr.o):
+        assert g.min() >= 0 and g.max() <= 1
+    for g in (tr.c_tilde, tr.h):
+        assert g.min() >= -1 and g.max() <= 1

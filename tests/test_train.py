@@ -1,0 +1,156 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from arlm import checkpoint
+from arlm.model import Output
+from arlm.train import Trainer, TrainConfig, load_config, main
+
+TINY = ["--emb-size", "16", "--hidden-size", "24", "--num-layers", "2", "--batch-size", "4", "--bptt", "10",
+        "--vocab-size", "200", "--min-freq", "1", "--cutoffs", "20,60", "--eval-interval", "10", "--log-interval", "5",
+        "--time-budget", "0", "--workers", "1", "--threads", "1"]
+
+
+def run(corpus, out, *extra) -> int:
+    return main(["--corpus", str(corpus), "--out", str(out), *TINY, *extra])
+
+
+def weights(run_dir: Path, which="latest") -> dict:
+    return load_file(str(run_dir / which / "model.safetensors"))
+
+
+def test_end_to_end_run_leaves_loadable_checkpoints_logs_and_curves(text_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(text_corpus, out, "--max-steps", "40") == 0
+    for f in ("latest/config.json", "latest/model.safetensors", "latest/tokenizer.json", "latest/trainer.pt",
+              "best/model.safetensors", "log.jsonl", "curves.png", "summary.json"):
+        assert (out / f).is_file(), f
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30, 40]
+    assert log[-1]["valid_ppl"] < log[0]["valid_ppl"]  # it learns
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_ppl"] > 1 and summary["steps"] == 40
+    model, tok, config = checkpoint.load(out)
+    assert config["run"]["bptt"] == 10 and model.config.hidden_size == 24
+    printed = capsys.readouterr().out
+    assert "test perplexity" in printed and "resume with --resume" in printed
+
+
+def test_same_seed_same_run_and_resume_equals_uninterrupted(text_corpus, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run(text_corpus, a, "--max-steps", "30", "--variable-bptt", "true") == 0
+    assert run(text_corpus, b, "--max-steps", "30", "--variable-bptt", "true") == 0
+    la, lb = (p / "log.jsonl" for p in (a, b))
+    assert la.read_text() != "" and [json.loads(x)["train_loss"] for x in la.read_text().splitlines()] == \
+        [json.loads(x)["train_loss"] for x in lb.read_text().splitlines()]
+    # 15 steps, stop, resume to 30 == 30 in one go (dropout on: RNG states must be restored too)
+    assert run(text_corpus, c, "--max-steps", "15", "--variable-bptt", "true") == 0
+    assert main(["--resume", str(c), "--max-steps", "30"]) == 0
+    wa, wc = weights(a), weights(c)
+    assert wa.keys() == wc.keys()
+    for k in wa:
+        torch.testing.assert_close(wc[k], wa[k], atol=1e-6, rtol=0)
+
+
+def test_corpus_too_small_says_how_many_tokens_and_what_fits(tmp_path, capsys):
+    small = tmp_path / "small.txt"
+    small.write_text("\n".join(["ذهب الولد الى البيت"] * 6), encoding="utf-8")
+    assert main(["--corpus", str(small), "--out", str(tmp_path / "o"), "--batch-size", "32", "--bptt", "35", "--min-freq", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "error: the train split has 20 tokens, fewer than batch_size × (bptt + 1) = 1,152; try --batch-size 1 --bptt 9"
+
+
+def test_invalid_options_are_argparse_errors(capsys):
+    for argv, message in ((["--hidden-size", "-1"], "--hidden-size must be a positive integer"),
+                          (["--optimizer", "adam"], "invalid choice: 'adam'"),
+                          (["--dropout", "1.5"], "--dropout must be in [0, 1)")):
+        with pytest.raises(SystemExit) as e:
+            load_config(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_config_file_then_flags(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('hidden_size = 64\nbptt = 20\ncutoffs = [100, 500]\n')
+    cfg = load_config(["--config", str(toml), "--bptt", "30"])
+    assert (cfg.hidden_size, cfg.bptt, cfg.cutoffs, cfg.emb_size) == (64, 30, [100, 500], TrainConfig().emb_size)
+    toml.write_text('hiden_size = 64\n')
+    with pytest.raises(SystemExit):
+        load_config(["--config", str(toml)])
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(text_corpus, tmp_path, capsys):
+    cfg = load_config(["--corpus", str(text_corpus), "--out", str(tmp_path / "r"), *TINY, "--max-steps", "50"])
+    trainer = Trainer(cfg)
+    trainer.setup()
+    real = trainer.net
+    calls = {"n": 0}
+
+    def poisoned(x, state, y):
+        out = real(x, state, y)
+        calls["n"] += 1
+        return Output(out.features, out.state, out.loss * float("nan") if calls["n"] == 14 else out.loss, None)
+
+    trainer.net = poisoned
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 14; .*latest"):
+        trainer.run()
+    model, _, config = checkpoint.load(tmp_path / "r" / "latest")
+    assert config["step"] == 10 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_cleanly(text_corpus, tmp_path):
+    out = tmp_path / "sig"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "arlm.train", "--corpus", str(text_corpus), "--out", str(out), *TINY,
+                             "--max-steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 120
+    while not (out / "latest" / "trainer.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted (SIGTERM)" in stdout and "Traceback" not in stderr
+    state = checkpoint.load_trainer_state(out / "latest")
+    assert state["step"] > 0
+    assert main(["--resume", str(out), "--max-steps", str(state["step"] + 5)]) == 0
+    assert checkpoint.load_trainer_state(out / "latest")["step"] == state["step"] + 5
+
+
+def _ddp_worker(rank, world, init_file, corpus, out, cache):
+    import torch.distributed as dist
+
+    os.environ["ARLM_CACHE"] = cache
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cfg = load_config(["--corpus", corpus, "--out", out, *TINY, "--batch-size", "8", "--max-steps", "4",
+                           "--softmax", "full", "--dropout", "0", "--dropout-input", "0", "--dropout-hidden", "0",
+                           "--dropout-embedding", "0", "--weight-drop", "0", "--eval-interval", "0"])
+        trainer = Trainer(cfg)
+        trainer.setup()
+        trainer.run()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(text_corpus, tmp_path):
+    import torch.multiprocessing as mp
+
+    cache = os.environ["ARLM_CACHE"]
+    ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(text_corpus), str(ddp_out), cache), nprocs=2, join=True)
+    assert main(["--corpus", str(text_corpus), "--out", str(single_out), *TINY, "--batch-size", "8", "--max-steps", "4",
+                 "--softmax", "full", "--dropout", "0", "--dropout-input", "0", "--dropout-hidden", "0",
+                 "--dropout-embedding", "0", "--weight-drop", "0", "--eval-interval", "0"]) == 0
+    a, b = weights(ddp_out), weights(single_out)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
