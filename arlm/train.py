@@ -32,7 +32,7 @@ from tqdm import tqdm
 from arlm import batching, checkpoint
 from arlm.corpus import CorpusError, available_cards, prepare
 from arlm.model import LanguageModel, ModelConfig, load_vectors
-from arlm.normalize import normalize
+from arlm.normalize import NormalizeConfig, normalize
 from arlm.tokenizer import TokenizerConfig
 
 if sys.version_info >= (3, 11):
@@ -54,6 +54,7 @@ class TrainConfig:
     vocab_size: int = 30000             # max words kept (word) or subword vocabulary size (sentencepiece)
     min_freq: int = 2                   # word tokenizer: rarer words become <unk>
     sp_model: str = "unigram"           # sentencepiece model: unigram | bpe
+    normalize: dict = field(default_factory=dict)  # NormalizeConfig options that differ from its defaults
     # model
     emb_size: int = 256
     hidden_size: int = 512
@@ -104,7 +105,7 @@ class TrainConfig:
 
     def tokenizer_config(self) -> TokenizerConfig:
         return TokenizerConfig(kind=self.tokenizer, vocab_size=self.vocab_size, min_freq=self.min_freq,
-                               sp_model=self.sp_model)
+                               sp_model=self.sp_model, normalize=NormalizeConfig(**self.normalize))
 
 
 CHOICES = {
@@ -125,6 +126,8 @@ HELP = {
     "vocab_size": "words kept (word) or subword vocabulary size (sentencepiece)",
     "min_freq": "word tokenizer: words seen fewer times in train become <unk>",
     "sp_model": "sentencepiece model type",
+    "normalize": "normalization options that differ from the defaults, e.g. teh_marbuta=false,latin=lower "
+                 "(see arlm/normalize.py; a [normalize] table in --config works too)",
     "emb_size": "embedding width", "hidden_size": "LSTM units per layer", "num_layers": "stacked LSTM layers",
     "dropout": "locked dropout on the LSTM output", "dropout_input": "locked dropout on the embeddings",
     "dropout_hidden": "locked dropout between LSTM layers",
@@ -160,6 +163,22 @@ HELP = {
 # --- configuration -----------------------------------------------------------------
 
 
+def _parse_normalize(text: str) -> dict:
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in NormalizeConfig.__dataclass_fields__ or not value:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected name=value with a name among {', '.join(NormalizeConfig.__dataclass_fields__)}")
+        default = getattr(NormalizeConfig(), key)
+        out[key] = _parse_value(key, "bool", value) if isinstance(default, bool) else value
+    try:
+        NormalizeConfig(**out)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return out
+
+
 def _parse_value(name: str, kind, text: str):
     if name == "cutoffs":
         return [int(x) for x in text.split(",") if x.strip()]
@@ -182,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m arlm.train --resume runs/hadith --max-steps 5000\n"
                "  torchrun --nproc_per_node=2 -m arlm.train --batch-size 64",
     )
-    p.add_argument("--config", metavar="FILE", help="TOML file with any of the settings below (keys as in TrainConfig)")
+    p.add_argument("--config", metavar="FILE", action="append",
+                   help="TOML file with any of the settings below (keys as in TrainConfig); may be given several "
+                        "times, later files win; tokenizers/*.toml are such files")
     defaults = TrainConfig()
     cards = ", ".join(sorted(available_cards())) or "none found"
     for f in dataclasses.fields(TrainConfig):
@@ -197,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "bool":
             kw["type"] = lambda s, n=f.name: _parse_value(n, "bool", s)
             kw["metavar"] = "{true,false}"
+        elif f.name == "normalize":
+            kw["type"] = _parse_normalize
+            kw["metavar"] = "NAME=VALUE,..."
+            kw["help"] = f"{text} (default: none)"
         elif f.name == "cutoffs":
             kw["type"] = lambda s: _parse_value("cutoffs", "list", s)
             kw["metavar"] = "N,N"
@@ -233,11 +258,14 @@ def load_config(argv: list[str] | None) -> TrainConfig:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     values: dict = {}
-    config_file = args.pop("config", None)
+    config_files = args.pop("config", None) or []
     if args.get("resume"):
-        run = checkpoint.read_config(checkpoint.model_dir(Path(args["resume"]) / "latest"))["run"]
+        try:
+            run = checkpoint.read_config(checkpoint.model_dir(Path(args["resume"]) / "latest"))["run"]
+        except checkpoint.CheckpointError as e:
+            parser.error(f"--resume: {e}")
         values.update({k: v for k, v in run.items() if k in TrainConfig.__dataclass_fields__})
-    if config_file:
+    for config_file in config_files:
         try:
             data = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as e:
@@ -245,11 +273,14 @@ def load_config(argv: list[str] | None) -> TrainConfig:
         unknown = set(data) - set(TrainConfig.__dataclass_fields__)
         if unknown:
             parser.error(f"--config {config_file}: unknown setting(s) {', '.join(sorted(unknown))}")
+        if "normalize" in data:
+            data["normalize"] = {**values.get("normalize", {}), **data["normalize"]}
         values.update(data)
     values.update(args)
     cfg = TrainConfig(**values)
     try:
         validate(cfg)
+        NormalizeConfig(**cfg.normalize)
     except ValueError as e:
         parser.error(str(e))
     return cfg

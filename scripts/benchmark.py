@@ -1,0 +1,339 @@
+"""Benchmarks: arlm against its references, measured side by side in one run.
+
+    python scripts/benchmark.py cell            # hand-written stack vs torch.nn.LSTM (and cuDNN on a GPU)
+    python scripts/benchmark.py e2e             # training tokens/s at a 50k vocabulary vs word_language_model's setup
+    python scripts/benchmark.py pipeline        # normalize+tokenize words/s on SaudiNewsNet, 1 core and all cores
+    python scripts/benchmark.py inference --checkpoint runs/hadith
+    python scripts/benchmark.py quality --minutes 30   # SaudiNewsNet: arlm vs Kneser-Ney 3/5-gram
+    python scripts/benchmark.py memory          # peak RSS of training on 1x and 10x a corpus (memory-mapped)
+
+Every part prints a table and writes JSON under --out (default bench/). Speed is always
+reported as a ratio against a reference timed in the same process, interleaved, so a
+noisy shared machine moves both numbers together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from arlm.model import LanguageModel, ModelConfig, StackedLSTM  # noqa: E402
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds per call of each fn, calls interleaved so machine noise hits all alike."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            f()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
+    lines = ["  ".join(c.rjust(widths[c]) for c in cols), "  ".join("-" * widths[c] for c in cols)]
+    lines += ["  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+# --- 1. the cell -------------------------------------------------------------------
+
+
+def bench_cell(args) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    rows = []
+    for H in args.sizes:
+        torch.manual_seed(0)
+        ref = nn.LSTM(H, H, args.layers).to(device)
+        ours = StackedLSTM.from_torch(ref).to(device)
+        x = torch.randn(args.seq, args.batch, H, device=device)
+
+        def train_step(m):
+            def f():
+                y = m(x)[0]
+                y.sum().backward()
+            return f
+
+        t = interleaved({"ours": train_step(ours), "torch": train_step(ref)}, args.repeats)
+        tokens = args.seq * args.batch
+        rows.append({"hidden": H, "layers": args.layers, "seq": args.seq, "batch": args.batch, "device": device.type,
+                     "arlm tok/s": tokens / t["ours"], "nn.LSTM tok/s": tokens / t["torch"],
+                     "ratio": t["torch"] / t["ours"]})
+    print(table(rows, ["hidden", "layers", "seq", "batch", "device", "arlm tok/s", "nn.LSTM tok/s", "ratio"]))
+    return {"rows": rows}
+
+
+# --- 2. end to end -----------------------------------------------------------------
+
+
+def bench_e2e(args) -> dict:
+    """Training step throughput at a 50k vocabulary: arlm's default model (hand-written
+    stack, adaptive softmax, tied) against pytorch/examples' word_language_model setup
+    (nn.LSTM, full softmax, tied, same sizes)."""
+    V, E, H, T, B = args.vocab, args.emb, args.hidden, args.seq, args.batch
+    torch.manual_seed(0)
+    # Zipf-distributed ids, like real word ranks: the adaptive softmax's saving depends on
+    # most tokens being frequent ones.
+    ids = torch.distributions.Categorical(probs=1 / torch.arange(1, V + 1).float()).sample((T + 1, B))
+    arlm_model = LanguageModel(ModelConfig(vocab_size=V, emb_size=E, hidden_size=H, num_layers=2))
+    ref = LanguageModel(ModelConfig(vocab_size=V, emb_size=E, hidden_size=H, num_layers=2, softmax="full", tie_weights=False))
+    torch_lstm = nn.LSTM(E, H, 2, dropout=0.2)
+    opt_a = torch.optim.AdamW(arlm_model.parameters(), lr=1e-3)
+    opt_r = torch.optim.SGD(list(ref.parameters()) + list(torch_lstm.parameters()), lr=20)
+
+    def step_arlm():
+        loss = arlm_model(ids[:-1], targets=ids[1:]).loss
+        opt_a.zero_grad()
+        loss.backward()
+        opt_a.step()
+
+    def step_ref():  # embedding → nn.LSTM → (projection) → full softmax, as word_language_model
+        x = ref.embedding(ids[:-1])
+        y, _ = torch_lstm(x)
+        if ref.projection is not None:
+            y = ref.projection(y)
+        loss = ref.nll(y.reshape(-1, y.shape[-1]), ids[1:].reshape(-1)).mean()
+        opt_r.zero_grad()
+        loss.backward()
+        opt_r.step()
+
+    t = interleaved({"arlm": step_arlm, "reference": step_ref}, args.repeats, warmup=1)
+    tokens = T * B
+    row = {"vocab": V, "emb": E, "hidden": H, "arlm tok/s": tokens / t["arlm"],
+           "reference tok/s": tokens / t["reference"], "ratio": t["reference"] / t["arlm"]}
+    print(table([row], list(row)))
+    return {"rows": [row]}
+
+
+# --- 3. text pipeline --------------------------------------------------------------
+
+
+def bench_pipeline(args) -> dict:
+    from arlm.corpus import documents, resolve
+    from arlm.normalize import normalize, normalize_reference
+    from arlm.tokenizer import TokenizerConfig, WordTokenizer, count_words, word_tokenize
+    from camel_tools.tokenizers.word import simple_word_tokenize
+    from concurrent.futures import ProcessPoolExecutor
+
+    docs = documents(resolve(args.corpus))["train"][: args.max_docs]
+    words = sum(len(d.split()) for d in docs)
+    cfg = TokenizerConfig()
+    tok, _ = WordTokenizer.from_counts(count_words(docs[:2000], cfg), cfg)
+
+    t = time.perf_counter()
+    ref = [simple_word_tokenize(normalize_reference(d), split_digits=True) for d in docs[:2000]]
+    ref_words = sum(len(d.split()) for d in docs[:2000])
+    t_ref = time.perf_counter() - t
+    fast = [word_tokenize(normalize(d)) for d in docs[:2000]]
+    identical = fast == ref
+
+    t = time.perf_counter()
+    for d in docs:
+        tok.encode(d)
+    t_one = time.perf_counter() - t
+    chunks = [docs[i : i + 500] for i in range(0, len(docs), 500)]
+    t = time.perf_counter()
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_encode_chunk, [(tok, c) for c in chunks]))
+    t_all = time.perf_counter() - t
+    rows = [
+        {"path": "camel-tools functions in turn (reference)", "cores": 1, "words/s": ref_words / t_ref},
+        {"path": "arlm normalize+tokenize+ids", "cores": 1, "words/s": words / t_one},
+        {"path": "arlm normalize+tokenize+ids", "cores": os.cpu_count(), "words/s": words / t_all},
+    ]
+    print(table(rows, ["path", "cores", "words/s"]))
+    print(f"output identical to the camel-tools reference on {len(ref)} documents: {identical}")
+    return {"rows": rows, "identical": identical, "documents": len(docs), "words": words}
+
+
+def _encode_chunk(args):
+    tok, texts = args
+    return [tok.encode(t) for t in texts]
+
+
+# --- 4. inference ------------------------------------------------------------------
+
+
+def bench_inference(args) -> dict:
+    import arlm
+
+    torch.set_num_threads(1)
+    lm = arlm.load(args.checkpoint)
+    prefix = " ".join(["قال رسول الله صلي الله عليه وسلم"] * 3).split()[:20]
+    prefix = " ".join(prefix)
+    lm.predict_next(prefix, k=10)
+    n = 50
+    t = time.perf_counter()
+    for _ in range(n):
+        lm.predict_next(prefix, k=10)
+    latency = (time.perf_counter() - t) / n
+    lm.generate(prefix, max_new_tokens=20, seed=0, stop_at_eos=False)
+    t = time.perf_counter()
+    text = lm.generate(prefix, max_new_tokens=500, seed=0, stop_at_eos=False)
+    gen_time = time.perf_counter() - t
+    row = {"checkpoint": args.checkpoint, "threads": 1, "next-word ms (20-word prefix)": latency * 1000,
+           "generated tokens/s": 500 / gen_time}
+    print(table([row], list(row)))
+    return {"rows": [row], "sample": text[:200]}
+
+
+# --- 5. quality --------------------------------------------------------------------
+
+
+def bench_quality(args) -> dict:
+    """arlm after a fixed wall-clock budget vs Kneser-Ney on the same tokens."""
+    from arlm.corpus import prepare
+    from arlm.ngram import KneserNey
+    from arlm.tokenizer import TokenizerConfig
+
+    out = Path(args.out) / "quality"
+    run_dir = out / "arlm"
+    cmd = [sys.executable, "-m", "arlm.train", "--corpus", args.corpus, "--out", str(run_dir),
+           "--time-budget", str(args.minutes), "--epochs", "100", "--vocab-size", str(args.vocab), *args.train_args]
+    print("$", " ".join(cmd), flush=True)
+    t = time.time()
+    proc = subprocess.run(cmd + ["--threads", str(os.cpu_count())], capture_output=True, text=True)
+    wall = time.time() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"training failed:\n{proc.stderr[-2000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    data = prepare(args.corpus, TokenizerConfig(vocab_size=args.vocab))
+    rows = [{"model": "arlm LSTM", "valid ppl": summary["valid_ppl"], "test ppl": summary["test_ppl"],
+             "train minutes": summary["train_seconds"] / 60, "tokens/s": summary["tokens_seen"] / summary["train_seconds"],
+             "peak RSS MB": peak_kb / 1024}]
+    for order in (3, 5):
+        t = time.time()
+        kn = KneserNey(order, data.tokenizer.vocab_size, data.tokenizer.eos_id).fit(np.asarray(data.train))
+        rows.append({"model": f"Kneser-Ney {order}-gram", "valid ppl": kn.evaluate(np.asarray(data.valid))["perplexity"],
+                     "test ppl": kn.evaluate(np.asarray(data.test))["perplexity"], "train minutes": (time.time() - t) / 60})
+    kn5 = rows[-1]["test ppl"]
+    rows[0]["test / KN5"] = rows[0]["test ppl"] / kn5
+    print(table(rows, ["model", "valid ppl", "test ppl", "test / KN5", "train minutes", "tokens/s", "peak RSS MB"]))
+    _plot_valid_curve(run_dir / "log.jsonl", out / "valid_vs_time.png")
+    return {"rows": rows, "command": " ".join(cmd), "wall_seconds": wall}
+
+
+def _plot_valid_curve(log: Path, png: Path, extra: dict | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, path in {"arlm": log, **(extra or {})}.items():
+        recs = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        ax.plot([r["seconds"] / 60 for r in recs], [r["valid_ppl"] for r in recs], marker="o", label=name)
+    ax.set_xlabel("training minutes (2 CPU cores)")
+    ax.set_ylabel("valid perplexity")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
+
+
+# --- 6. memory ---------------------------------------------------------------------
+
+
+def bench_memory(args) -> dict:
+    """Peak RSS of a short training run on a corpus and on 10 copies of it: the token
+    cache is memory-mapped and only the current window is read, so it should not grow."""
+    from arlm.corpus import resolve, documents
+
+    base = documents(resolve(args.corpus))
+    work = Path(args.out) / "memory"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for copies in (1, 10):
+        path = work / f"corpus-x{copies}.txt"
+        with open(path, "w", encoding="utf-8") as f:
+            for k in range(copies):
+                for d in base["train"] + base["valid"] + base["test"]:
+                    f.write(f"{d} {k}\n" if copies > 1 else d + "\n")
+        subprocess.run([sys.executable, "-m", "arlm.train", "--corpus", str(path), "--out", str(work / "prep"),
+                        "--max-steps", "1", "--eval-interval", "0", "--time-budget", "0"], capture_output=True)
+        code = ("import resource,sys; from arlm.train import main; main(sys.argv[1:]); "
+                "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        proc = subprocess.run([sys.executable, "-c", code, "--corpus", str(path), "--out", str(work / f"run{copies}"),
+                               "--max-steps", str(args.steps), "--eval-interval", "0", "--time-budget", "0",
+                               "--epochs", "1"], capture_output=True, text=True)
+        peak = int(proc.stdout.strip().split("PEAK")[-1]) / 1024
+        size = path.stat().st_size / 2**20
+        rows.append({"corpus": f"{copies}x {args.corpus}", "text MB": size, "steps": args.steps, "peak RSS MB": peak})
+    print(table(rows, ["corpus", "text MB", "steps", "peak RSS MB"]))
+    return {"rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "memory"])
+    p.add_argument("--out", default="bench", help="folder for JSON results (default: bench)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (default: 10)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="cell: hidden sizes (default: 256 512 1024)")
+    p.add_argument("--layers", type=int, default=2, help="cell: layers (default: 2)")
+    p.add_argument("--seq", type=int, default=35, help="sequence length (default: 35)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--device", default="auto", help="cell: auto (GPU when there is one) or cpu (default: auto)")
+    p.add_argument("--vocab", type=int, default=50000, help="e2e/quality: vocabulary size (default: 50000)")
+    p.add_argument("--emb", type=int, default=256, help="e2e: embedding size (default: 256)")
+    p.add_argument("--hidden", type=int, default=512, help="e2e: hidden size (default: 512)")
+    p.add_argument("--corpus", default="saudinewsnet", help="pipeline/quality/memory: corpus (default: saudinewsnet)")
+    p.add_argument("--max-docs", type=int, default=20000, help="pipeline: documents to process (default: 20000)")
+    p.add_argument("--checkpoint", default="runs/hadith", help="inference: checkpoint (default: runs/hadith)")
+    p.add_argument("--minutes", type=float, default=30, help="quality: training budget (default: 30)")
+    p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
+    p.add_argument("train_args", nargs="*", help="quality: extra arguments for arlm.train (after --)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = globals()[f"bench_{args.part}"](args)
+    result.update(part=args.part, machine=machine(), command="python scripts/benchmark.py " + " ".join(argv or sys.argv[1:]),
+                  date=time.strftime("%Y-%m-%d %H:%M"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.part}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
