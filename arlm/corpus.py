@@ -16,11 +16,11 @@ import os
 import sys
 import time
 import zipfile
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -316,6 +316,8 @@ def _fingerprint(card: Card, tok: TokenizerConfig) -> str:
 
 # Workers get the tokenizer once (initializer), then chunks of documents.
 _WORKER_TOK = None
+CHUNK_DOCS = 500               # documents per work item
+PIECE_CHARS = 1 << 20          # a longer document is processed in whitespace-cut pieces
 
 
 def _init_worker(tok) -> None:
@@ -323,46 +325,68 @@ def _init_worker(tok) -> None:
     _WORKER_TOK = tok
 
 
-def _count_chunk(args: tuple[list[str], TokenizerConfig]) -> Counter:
-    texts, config = args
-    return count_words(texts, config)
+def _pieces(text: str) -> Iterator[str]:
+    """Cut a huge document (a 50 MB line) at whitespace, so memory stays bounded; word
+    tokens never cross whitespace, so the ids are the same as for the whole text."""
+    while len(text) > PIECE_CHARS:
+        cut = text.rfind(" ", 0, PIECE_CHARS)
+        cut = cut if cut > 0 else PIECE_CHARS
+        yield text[:cut]
+        text = text[cut:]
+    yield text
 
 
-def _encode_chunk(texts: list[str]) -> np.ndarray:
-    eos = _WORKER_TOK.eos_id
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(_WORKER_TOK.encode(text))
-        ids.append(eos)
-    return np.asarray(ids, dtype=np.uint32)
+def _count_chunk(args: tuple[list[tuple[str, str]], TokenizerConfig]) -> tuple[Counter, dict]:
+    chunk, config = args
+    train = [p for split, text in chunk if split == "train" for p in _pieces(text)]
+    return count_words(train, config), Counter(split for split, _ in chunk)
 
 
-def _chunks(texts: list[str], size: int = 500) -> list[list[str]]:
-    return [texts[i : i + size] for i in range(0, len(texts), size)]
+def _encode_chunk(chunk: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    tok, eos = _WORKER_TOK, _WORKER_TOK.eos_id
+    ids: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for split, text in chunk:
+        out = ids[split]
+        for piece in _pieces(text):
+            out.extend(tok.encode(piece))
+        out.append(eos)
+    return {s: np.asarray(v, dtype=np.uint32) for s, v in ids.items()}
 
 
-def _map(fn, items: list, workers: int, desc: str, initargs=None):
-    """Run fn over items on `workers` processes (in-process for 1), with a progress bar."""
-    bar = tqdm(total=len(items), desc=desc, unit="chunk", leave=False, disable=None)
+def _chunked(items: Iterable, size: int = CHUNK_DOCS) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _map(fn, items: Iterable, workers: int, desc: str, initargs=None) -> Iterator:
+    """fn over items on `workers` processes (in-process for 1), in order, with a progress
+    bar; at most a few items in flight, so a corpus larger than memory streams through."""
+    bar = tqdm(desc=desc, unit=" docs", unit_scale=CHUNK_DOCS, leave=False, disable=None)
+    if initargs is not None:
+        _init_worker(*initargs)
     if workers <= 1:
-        if initargs is not None:
-            _init_worker(*initargs)
         for item in items:
             yield fn(item)
             bar.update()
     else:
         kw = {"initializer": _init_worker, "initargs": initargs} if initargs is not None else {}
         with ProcessPoolExecutor(workers, **kw) as pool:
-            for result in pool.map(fn, items):
-                yield result
+            pending: deque = deque()
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+                    bar.update()
+            while pending:
+                yield pending.popleft().result()
                 bar.update()
     bar.close()
-
-
-def _save_array(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    arr.tofile(tmp)
-    os.replace(tmp, path)
 
 
 def load_cached(directory: Path) -> Prepared:
@@ -370,6 +394,19 @@ def load_cached(directory: Path) -> Prepared:
     dtype = np.dtype(meta["dtype"])
     arrays = {s: np.memmap(directory / f"{s}.bin", dtype=dtype, mode="r") for s in SPLITS}
     return Prepared(load_tokenizer(directory), arrays["train"], arrays["valid"], arrays["test"], directory, meta)
+
+
+def _stream(card: Card, errors: str, counts: dict[str, int] | None = None) -> Iterator[tuple[str, str]]:
+    """The corpus's (split, text) pairs. A small corpus whose hash split left a split empty
+    (known from the first pass's `counts`) gets its last train documents moved there."""
+    docs = SOURCES[card.source["type"]](card, errors)
+    if counts is None or all(counts.get(s) for s in SPLITS):
+        yield from docs
+        return
+    fixed = documents(card, errors)
+    for split in SPLITS:
+        for text in fixed[split]:
+            yield split, text
 
 
 def prepare(
@@ -381,7 +418,10 @@ def prepare(
     field_name: str = "text",
     verbose: bool = True,
 ) -> Prepared:
-    """Token ids for a corpus, from the cache when this corpus and tokenizer were seen before."""
+    """Token ids for a corpus, from the cache when this corpus and tokenizer were seen before.
+
+    Two streaming passes over the source (vocabulary, then ids), a few chunks of documents
+    in memory at a time, ids appended to the cache files as they come."""
     tok_cfg = tokenizer or TokenizerConfig()
     card = resolve(corpus, field_name)
     key = _fingerprint(card, tok_cfg)
@@ -392,48 +432,77 @@ def prepare(
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
     workers = workers or min(os.cpu_count() or 1, 8)
-    t0 = time.time()
-    docs = documents(card, encoding_errors)
-    t_read = time.time() - t0
+    where = card.source.get("path") or card.source.get("package") or card.source.get("dataset")
 
-    t1 = time.time()
+    # Pass 1: the vocabulary (word counts, or a sentencepiece model) from train.
+    t0 = time.time()
+    counts: Counter = Counter()
+    n_docs: Counter = Counter()
     if tok_cfg.kind == "word":
-        counts: Counter = Counter()
-        for chunk_counts in _map(_count_chunk, [(ch, tok_cfg) for ch in _chunks(docs["train"])], workers, "counting words"):
+        items = ((chunk, tok_cfg) for chunk in _chunked(_stream(card, encoding_errors)))
+        for chunk_counts, chunk_docs in _map(_count_chunk, items, workers, "counting words"):
             counts.update(chunk_counts)
+            n_docs.update(chunk_docs)
+    else:
+        for split, _ in _stream(card, encoding_errors):
+            n_docs[split] += 1
+    if not sum(n_docs.values()):
+        raise CorpusError(f"{where}: no text found (empty or whitespace only); expected Arabic text documents")
+    if not all(n_docs.get(s) for s in SPLITS) and sum(n_docs.values()) < 3:
+        raise CorpusError(f"{where}: only {sum(n_docs.values())} document(s); need at least 3 to split")
+    if tok_cfg.kind == "word":
+        if not all(n_docs.get(s) for s in SPLITS):  # tiny corpus: recount with the rebalanced split
+            counts = count_words((t for s, t in _stream(card, encoding_errors, n_docs) if s == "train"), tok_cfg)
         tok, tok_stats = WordTokenizer.from_counts(counts, tok_cfg)
     else:
-        tok, tok_stats = SentencePieceTokenizer.train(docs["train"], tok_cfg)
-    t_vocab = time.time() - t1
+        train_texts = (t for s, t in _stream(card, encoding_errors, n_docs) if s == "train")
+        tok, tok_stats = SentencePieceTokenizer.train(train_texts, tok_cfg)
+    t_vocab = time.time() - t0
 
+    # Pass 2: ids, appended to the split files as chunks come back.
     directory.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
-    stats: dict = {"corpus": card.name, "card": card.to_dict(), "tokenizer": tok_stats, "dtype": np.dtype(dtype).name,
-                   "documents": {s: len(docs[s]) for s in SPLITS}, "tokens": {}, "unk_rate": {}}
-    t2 = time.time()
-    words = 0
+    files = {s: open(directory / f"{s}.bin.tmp", "wb") for s in SPLITS}
+    n_tokens, n_unk, words = Counter(), Counter(), 0
+    sample: list[str] = []
+    t1 = time.time()
+    try:
+        def pairs():
+            nonlocal words
+            for split, text in _stream(card, encoding_errors, n_docs):
+                words += text.count(" ") + 1
+                if len(sample) < 200:
+                    sample.append(text[:2000])
+                yield split, text
+
+        for arrays in _map(_encode_chunk, _chunked(pairs()), workers, "encoding", initargs=(tok,)):
+            for split, ids in arrays.items():
+                ids.astype(dtype).tofile(files[split])
+                n_tokens[split] += int(ids.size)
+                n_unk[split] += int((ids == tok.unk_id).sum())
+    finally:
+        for f in files.values():
+            f.close()
     for split in SPLITS:
-        parts = list(_map(_encode_chunk, _chunks(docs[split]), workers, f"encoding {split}", initargs=(tok,)))
-        ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
-        stats["tokens"][split] = int(ids.size)
-        stats["unk_rate"][split] = float(np.mean(ids == tok.unk_id)) if ids.size else 0.0
-        _save_array(directory / f"{split}.bin", ids.astype(dtype))
-        words += sum(len(t.split()) for t in docs[split])
-    t_encode = time.time() - t2
-    sample = " ".join(docs["train"][:200])
-    stats.update(
-        arabic_share=arabic_share(sample[:200_000]),
-        seconds={"read": t_read, "vocab": t_vocab, "encode": t_encode},
-        words_per_second=words / t_encode if t_encode > 0 else None,
-        whitespace_words=words,
-        workers=workers,
-    )
+        os.replace(directory / f"{split}.bin.tmp", directory / f"{split}.bin")
+    t_encode = time.time() - t1
+    stats: dict = {
+        "corpus": card.name, "card": card.to_dict(), "tokenizer": tok_stats, "dtype": np.dtype(dtype).name,
+        "documents": {s: n_docs[s] for s in SPLITS} if all(n_docs.get(s) for s in SPLITS)
+        else {s: len(v) for s, v in documents(card, encoding_errors).items()},
+        "tokens": {s: n_tokens[s] for s in SPLITS},
+        "unk_rate": {s: n_unk[s] / n_tokens[s] if n_tokens[s] else 0.0 for s in SPLITS},
+        "arabic_share": arabic_share(" ".join(sample)),
+        "seconds": {"vocab": t_vocab, "encode": t_encode},
+        "words_per_second": words / t_encode if t_encode > 0 else None,
+        "whitespace_words": words, "workers": workers,
+    }
     tok.save(directory)
     (directory / "meta.json.tmp").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
     os.replace(directory / "meta.json.tmp", directory / "meta.json")
     if verbose:
         print(
-            f"corpus {card.name}: {stats['tokens']['train']:,} / {stats['tokens']['valid']:,} / {stats['tokens']['test']:,} "
+            f"corpus {card.name}: {n_tokens['train']:,} / {n_tokens['valid']:,} / {n_tokens['test']:,} "
             f"train/valid/test tokens, vocab {tok.vocab_size:,}, unk {stats['unk_rate']['valid']:.1%} of valid, "
             f"{stats['words_per_second'] or 0:,.0f} words/s on {workers} worker(s); cached in {directory}",
             file=sys.stderr,

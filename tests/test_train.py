@@ -154,3 +154,16 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(text_corpus, tmp
     a, b = weights(ddp_out), weights(single_out)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+
+
+def test_tokenizer_specs_and_normalize_options_reach_the_tokenizer(capsys):
+    specs = sorted(Path(__file__).resolve().parent.parent.glob("tokenizers/*.toml"))
+    assert len(specs) >= 4
+    for spec in specs:
+        load_config(["--config", str(spec)]).tokenizer_config()  # every spec is a valid config
+    keep = load_config(["--config", str(specs[0].parent / "word-keep-orthography.toml"), "--normalize", "latin=lower"])
+    norm = keep.tokenizer_config().normalize
+    assert (norm.teh_marbuta, norm.alef, norm.latin, norm.diacritics) == (False, False, "lower", True)
+    with pytest.raises(SystemExit):
+        load_config(["--normalize", "latin=upper"])
+    assert "choose one of keep, lower, drop" in capsys.readouterr().err
