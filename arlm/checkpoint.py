@@ -106,6 +106,9 @@ def read_config(directory: str | os.PathLike) -> dict:
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LanguageModel, Any, dict]:
     """(model in eval mode, tokenizer, config dict) from a model or run directory."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device} requested but CUDA is not available; use cpu")
     directory = model_dir(path)
     config = read_config(directory)
     model = LanguageModel(ModelConfig(**config["model"]))

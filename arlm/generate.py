@@ -38,6 +38,7 @@ from torch import Tensor
 
 from arlm import checkpoint
 from arlm.model import LanguageModel, State
+from arlm.tokenizer import BOS, EOS, PAD, UNK
 
 # Tokens read per forward pass. The LSTM walks token by token either way; the chunks only
 # bound the memory a very long prompt or text needs (gates, and V logits per scored token).
@@ -140,6 +141,10 @@ class Predictor:
         self._banned_with_unk = never.clone()
         self._banned_with_unk[tokenizer.unk_id] = True
         self._banned_without_unk = never
+        # Special tokens are shown by arlm's names whatever the tokenizer calls them
+        # (sentencepiece says </s> for <eos>).
+        self._special_names = {tokenizer.pad_id: PAD, tokenizer.unk_id: UNK, tokenizer.bos_id: BOS,
+                               tokenizer.eos_id: EOS}
 
     @property
     def vocab_size(self) -> int:
@@ -173,6 +178,9 @@ class Predictor:
         for features, state in self._walk(self._ids(prompt)):
             pass
         return self.model.log_probs(features[-1]), state
+
+    def _token(self, i: int) -> str:
+        return self._special_names.get(i) or self.tokenizer.id_to_token(i)
 
     def _decode(self, ids: list[int]) -> str:
         """Text of generated ids; an <eos> inside them (stop_at_eos=False) starts a new line."""
@@ -209,7 +217,7 @@ class Predictor:
             allowed = self.vocab_size - int(banned.sum())
             top = log_probs.masked_fill(banned, -math.inf).topk(min(k, allowed))
             pairs = zip(top.indices.tolist(), top.values.tolist())
-        return [(self.tokenizer.id_to_token(i), math.exp(v)) for i, v in pairs]
+        return [(self._token(i), math.exp(v)) for i, v in pairs]
 
     # --- sampling and greedy generation ------------------------------------------------
 
@@ -229,6 +237,8 @@ class Predictor:
         generator seeded `seed + i`: the same seed gives the same texts, and a prompt's
         text does not depend on the other prompts in the list."""
         single = isinstance(prompt, str)
+        if not single and not isinstance(prompt, (list, tuple)):
+            raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
         prompts = [prompt] if single else list(prompt)
         texts = [self._decode(ids) for ids in self._generate_ids(
             prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, allow_unk)]
@@ -277,7 +287,10 @@ class Predictor:
         logits = log_probs.masked_fill(banned, -math.inf)
         if temperature == 0:
             return logits.argmax(-1)
-        logits = filter_top_p(filter_top_k(logits / temperature, top_k), top_p)
+        # Shifted so the best logit is 0 before dividing: a tiny temperature then gives 0 and
+        # -inf (as good as greedy) rather than all -inf, which could not be sampled from.
+        logits = (logits - logits.max(-1, keepdim=True).values) / temperature
+        logits = filter_top_p(filter_top_k(logits, top_k), top_p)
         # Sampled on the CPU, row by row with each prompt's own generator, so a seed gives
         # the same text whatever the device and whatever else is in the batch.
         probs = logits.softmax(-1).float().cpu()
@@ -361,7 +374,7 @@ class Predictor:
         total = math.fsum(log_probs)
         mean_nll = -total / len(targets)
         return {
-            "tokens": [(self.tokenizer.id_to_token(t), lp) for t, lp in zip(targets, log_probs)],
+            "tokens": [(self._token(t), lp) for t, lp in zip(targets, log_probs)],
             "total_logprob": total,
             "num_tokens": len(targets),
             "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,
@@ -388,9 +401,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="arlm-generate",
-        description="Predict the next word, generate text, or beam-search continuations with a trained "
-                    "arlm checkpoint. Prompts are normalized and tokenized exactly as in training; an "
-                    "empty prompt starts a new document. Arabic is printed as plain UTF-8 in logical "
+        description="Predict the next word, generate text, or beam-search continuations with a trained\n"
+                    "arlm checkpoint. Prompts are normalized and tokenized exactly as in training; an\n"
+                    "empty prompt starts a new document. Arabic is printed as plain UTF-8 in logical\n"
                     "order (no reshaping), so terminals and files show it right to left.",
         epilog="examples:\n"
                "  arlm-generate --checkpoint runs/hadith --prompt 'قال رسول' --next-word 5\n"
@@ -401,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="model directory, or a training run directory (its best/, else latest/, is used); required")
+                        help="model directory, or a training run directory (its best/, else latest/, "
+                             "is used); required")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", default="", metavar="TEXT",
                         help="the prompt (default: empty, i.e. the start of a new document)")
@@ -418,20 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "(at most --beam-size) (default: 1)")
     parser.add_argument("--max-new-tokens", type=int, metavar="N",
                         help="most tokens to generate (default: 50 when sampling, 20 in beam mode)")
-    parser.add_argument("--temperature", type=float, default=1.0,
+    parser.add_argument("--temperature", type=float, default=1.0, metavar="T",
                         help=">= 0; 0 is greedy, below 1 sharper, above 1 more random (default: 1.0)")
     parser.add_argument("--top-k", type=int, metavar="K",
                         help="sample only among the K most likely tokens (default: no limit)")
     parser.add_argument("--top-p", type=float, metavar="P",
                         help="in (0, 1]: sample only from the smallest set of tokens whose probability "
                              "reaches P (default: no limit)")
-    parser.add_argument("--seed", type=int,
+    parser.add_argument("--seed", type=int, metavar="N",
                         help="seed for reproducible samples; sample i of a prompt uses seed + i "
                              "(default: a fresh random seed each run)")
     parser.add_argument("--beam-size", type=int, metavar="N",
                         help="beam search with N beams instead of sampling (default: off, i.e. sampling)")
-    parser.add_argument("--length-penalty", type=float, default=1.0,
-                        help="beam mode: score = sum of log-probs / length ** this; 0 favours short "
+    parser.add_argument("--length-penalty", type=float, default=1.0, metavar="A",
+                        help="beam mode: score = sum of log-probs / length ** A; 0 favours short "
                              "continuations, 1 ranks by the mean (default: 1.0)")
     parser.add_argument("--allow-unk", action="store_true",
                         help="let <unk> be generated and listed (default: never)")

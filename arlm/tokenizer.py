@@ -265,10 +265,11 @@ class SentencePieceTokenizer:
         return self.sp.decode([int(i) for i in ids])
 
     def id_to_token(self, i: int) -> str:
-        return self.sp.id_to_piece(int(i))
+        # the same names for the specials as the word tokenizer (sentencepiece says <s>, </s>)
+        return SPECIALS[i] if 0 <= i < len(SPECIALS) else self.sp.id_to_piece(int(i))
 
     def token_to_id(self, token: str) -> int:
-        return self.sp.piece_to_id(token)
+        return SPECIALS.index(token) if token in SPECIALS else self.sp.piece_to_id(token)
 
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)

@@ -12,7 +12,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the suite's models are tiny, and on a shared 2-core machine a second thread
+# mostly waits (tests that need more set it themselves).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,7 +5,6 @@ and against the model's own full forward pass. Full and adaptive softmax both, w
 
 import math
 import random
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,7 +15,7 @@ import arlm.generate as gen
 from arlm import checkpoint
 from arlm.generate import Predictor, filter_top_k, filter_top_p, main
 from arlm.model import LanguageModel, ModelConfig
-from arlm.tokenizer import TokenizerConfig, WordTokenizer, count_words
+from arlm.tokenizer import SentencePieceTokenizer, TokenizerConfig, WordTokenizer, count_words
 
 SENTENCES = [
     "ذهب الولد إلى المدرسة صباحا",
@@ -56,6 +55,16 @@ def train_and_save(directory, softmax: str):
     assert loss.item() < math.log(5) / 5 + 0.05, loss.item()
     checkpoint.save(directory, model, tok, {"test": softmax})
     return directory
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # These models are tiny: a second intra-op thread only adds OpenMP spinning, which is
+    # ruinous (10-40x slower) on a busy shared machine. Restored for the other test files.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +207,7 @@ def test_top_k_1_is_greedy(lm):
         w = words(lm, s)
         greedy = lm.generate(w[0], temperature=0, max_new_tokens=8, stop_at_eos=False)
         assert lm.generate(w[0], temperature=2.0, top_k=1, seed=5, max_new_tokens=8, stop_at_eos=False) == greedy
+        assert lm.generate(w[0], temperature=1e-30, seed=5, max_new_tokens=8, stop_at_eos=False) == greedy
 
 
 def test_never_emits_pad_bos_unk(lm_full):
@@ -335,6 +345,24 @@ def test_score_of_a_memorized_sentence(lm_full):
     assert lm_full.score("")["num_tokens"] == 1
 
 
+def test_sentencepiece_tokenizer():
+    # An untrained model: this checks the plumbing (pieces, special names, decoding), not quality.
+    config = TokenizerConfig(kind="sentencepiece", vocab_size=300)
+    tok, _ = SentencePieceTokenizer.train(SENTENCES * 20, config)
+    torch.manual_seed(0)
+    lm = Predictor(LanguageModel(ModelConfig(vocab_size=tok.vocab_size, emb_size=16, hidden_size=16, num_layers=2,
+                                             softmax="adaptive", cutoffs=[50])), tok)
+    top = lm.predict_next("ذهب الولد", k=tok.vocab_size)
+    assert len(top) == tok.vocab_size - 3 and "<eos>" in {t for t, _ in top}
+    assert {"</s>", "<s>", "<pad>", "<unk>"}.isdisjoint(t for t, _ in top)
+    result = lm.score("ذهب الولد")
+    assert result["tokens"][-1][0] == "<eos>" and result["num_tokens"] == len(tok.encode("ذهب الولد")) + 1
+    texts = lm.generate(["ذهب", "يشرب"], max_new_tokens=6, seed=2, stop_at_eos=False)
+    assert texts == [lm.generate("ذهب", max_new_tokens=6, seed=2, stop_at_eos=False),
+                     lm.generate("يشرب", max_new_tokens=6, seed=3, stop_at_eos=False)]
+    assert len(lm.beam_search("ذهب", beam_size=3, max_new_tokens=4)) == 3
+
+
 # --- argument checks ----------------------------------------------------------------
 
 
@@ -346,6 +374,7 @@ def test_score_of_a_memorized_sentence(lm_full):
     (lambda lm: lm.generate("x", max_new_tokens=-1), "max_new_tokens must be"),
     (lambda lm: lm.generate("x", seed=-3), "seed must be"),
     (lambda lm: lm.generate(["x", 3]), "prompt must be a string"),
+    (lambda lm: lm.generate(None), "prompt must be a string or a list of strings"),
     (lambda lm: lm.predict_next("x", k=0), "k must be an integer >= 1"),
     (lambda lm: lm.predict_next(None), "prompt must be a string"),
     (lambda lm: lm.beam_search("x", beam_size=0), "beam_size must be"),

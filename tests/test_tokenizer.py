@@ -67,7 +67,7 @@ def test_sentencepiece_exact_round_trip_and_save_load(tmp_path):
         cfg = TokenizerConfig(kind="sentencepiece", vocab_size=600, sp_model=model_type)
         tok, _ = SentencePieceTokenizer.train(docs, cfg)
         assert tok.vocab_size == 600
-        assert (tok.id_to_token(0), tok.id_to_token(1), tok.id_to_token(2), tok.id_to_token(3)) == ("<pad>", "<unk>", "<s>", "</s>")
+        assert (tok.id_to_token(0), tok.id_to_token(1), tok.id_to_token(2), tok.id_to_token(3)) == ("<pad>", "<unk>", "<bos>", "<eos>")
         for doc in docs[:40] + ["نص فيه حروف غريبة: ڤ ژ ☃ و English"]:
             assert tok.decode(tok.encode(doc)) == normalize(doc)
         tok.save(tmp_path / model_type)
