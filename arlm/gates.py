@@ -304,10 +304,16 @@ def corpus_stats(model, tokenizer, ids: np.ndarray, search_gates: tuple[str, ...
 # ب/ك (with, like), and ل + ال written لل. At least two letters must follow, so the very
 # common الا / الي (إلا / إلى after alef normalization) do not count as "the".
 ARTICLE = re.compile(r"^(?:[وف]?[بك]?ال|[وف]?لل)\w\w")
+ARTICLE_PIECE = re.compile(r"(?:[وف]?[بك]?ال|[وف]?لل)")  # a subword piece that is just the prefix
 
 
 def _surface(token: str) -> str:
     return token.lstrip("▁")  # sentencepiece marks a word start with ▁
+
+
+def has_article(token: str) -> bool:
+    t = _surface(token)
+    return bool(ARTICLE.match(t)) or (token.startswith("▁") and bool(ARTICLE_PIECE.fullmatch(t)))
 
 
 def is_punctuation(token: str) -> bool:
@@ -323,7 +329,7 @@ def token_properties(tokens: list[str], positions: np.ndarray, pattern: str | No
     """The properties the unit search looks for, one value per token: yes/no arrays, and
     the position in the sentence (a number)."""
     props = {
-        "article ال": np.array([bool(ARTICLE.match(_surface(t))) for t in tokens]),
+        "article ال": np.array([has_article(t) for t in tokens]),
         "punctuation": np.array([is_punctuation(t) for t in tokens]),
         "digits": np.array([is_digits(t) for t in tokens]),
         "position": np.asarray(positions, dtype=np.float64),
@@ -397,8 +403,8 @@ def search_units(stats: CorpusStats, pattern: str | None = None, top: int = 5,
                  properties: dict[str, np.ndarray] | None = None) -> dict[str, list[UnitScore]]:
     """For each token property, the `top` units (over every searched gate and layer)
     whose values best separate it, ranked by |r|. Special tokens (<eos>, <unk>, …) are
-    left out: they have no spelling to test. Properties no token (or every token) has
-    are skipped."""
+    left out: they have no spelling to test. A property no token (or every token) has
+    gets an empty list."""
     if properties is None:
         properties = token_properties(stats.tokens, stats.positions, pattern)
     keep = stats.ids > 3  # pad 0, unk 1, bos 2, eos 3
@@ -406,7 +412,8 @@ def search_units(stats: CorpusStats, pattern: str | None = None, top: int = 5,
     for name, prop in properties.items():
         prop = np.asarray(prop)[keep]
         if len(prop) == 0 or (prop.all() or not prop.any() if prop.dtype == bool else np.ptp(prop) == 0):
-            continue  # nothing to separate
+            results[name] = []  # nothing to separate here
+            continue
         scores: list[UnitScore] = []
         for gate, acts in stats.activations.items():
             for l in range(acts.shape[1]):

@@ -62,6 +62,9 @@ class NormalizeConfig:
     latin:        "keep" Latin letters as they are (default), "lower" them, or "drop" them.
     punctuation:  "keep" (default: the tokenizer splits it off as its own tokens) or "drop".
     emoji:        "keep" (default) or "drop".
+    invisible:    remove zero-width and bidi control characters (U+200B-U+200F, U+202A-U+202E,
+                  U+2060-U+2069, U+FEFF; default on): scraped text is full of them, and a word
+                  with a hidden right-to-left mark is otherwise a different word.
     Whitespace is always collapsed to single spaces and stripped.
     """
 
@@ -75,6 +78,7 @@ class NormalizeConfig:
     latin: str = "keep"
     punctuation: str = "keep"
     emoji: str = "keep"
+    invisible: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in OPTIONS.items():
@@ -103,6 +107,7 @@ _EMOJI = regex.compile(
     "[" + "".join(regex.escape(c) for c in sorted({ch for e in EMOJI_ALL_CHARSET for ch in e})) + "\u200d\ufe0f\u20e3]"
 )
 _SPACE = regex.compile(r"\s+")
+_INVISIBLE = regex.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 _DELETE = 0xFFFFFFFF  # marks a code point the lookup table removes
@@ -165,6 +170,8 @@ def _unicode(s: str, form: str) -> str:
 
 def _finish(s: str, cfg: NormalizeConfig) -> str:
     """The steps that are not single-character maps (the same in both paths)."""
+    if cfg.invisible:
+        s = _INVISIBLE.sub("", s)
     if cfg.latin == "lower":
         s = _LATIN.sub(lambda m: m.group(0).lower(), s)
     elif cfg.latin == "drop":

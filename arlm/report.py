@@ -20,6 +20,7 @@ import csv
 import html
 import json
 import sys
+import unicodedata
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -46,12 +47,18 @@ SIGNED = ("c_tilde", "c", "h")  # gates that take negative values
 # --- terminal ---------------------------------------------------------------------------
 
 
+def visible(text: str) -> str:
+    """Invisible format characters (RLM, ZWNJ, …) spelled out as ⟨U+200F⟩: two vocabulary
+    entries that differ only by one would otherwise look identical."""
+    return "".join(f"⟨U+{ord(ch):04X}⟩" if unicodedata.category(ch) == "Cf" else ch for ch in text)
+
+
 def _vector(v: np.ndarray) -> str:
     return "[" + " ".join(f"{x:5.2f}" for x in v) + "]"
 
 
 def _guesses(guesses: list[tuple[str, float]]) -> str:
-    return " · ".join(f"{w} {p:.2f}" for w, p in guesses)
+    return " · ".join(f"{visible(w)} {p:.2f}" for w, p in guesses)
 
 
 def format_steps(s: SentenceRecord, units: int = 8, number: int = 1) -> str:
@@ -62,34 +69,39 @@ def format_steps(s: SentenceRecord, units: int = 8, number: int = 1) -> str:
     shown = f"all {H} units" if n == H else f"units 0–{n - 1} of {H}"
     lines = [f"sentence {number}: {s.text.strip()}  ({len(s)} tokens, {len(s.layers)} layer(s), {shown})"]
     for t, token in enumerate(s.tokens):
-        lines.append(f"\n──── position {t + 1}: reading '{token}' (p = {s.token_probs[t]:.3f}) ────")
+        lines.append(f"\n──── position {t + 1}: reading '{visible(token)}' (p = {s.token_probs[t]:.3f}) ────")
         for l, layer in enumerate(s.layers):
             if len(s.layers) > 1:
                 lines.append(f" layer {l + 1}")
             for g in GATES:
-                lines.append(f"  {LABELS[g]:<9}: {_vector(layer[g][t, :n])}  {MEANINGS[g]}: {EXPLAIN[g]}")
+                lines.append(f"  {_pad(LABELS[g], 9)}: {_vector(layer[g][t, :n])}  {MEANINGS[g]}: {EXPLAIN[g]}")
         lines.append(f"  next word : {_guesses(s.top[t])}")
     return "\n".join(lines)
+
+
+def _pad(text: str, width: int) -> str:
+    """Left-align by what a terminal shows: combining marks (the tilde of c̃) take no column."""
+    shown = sum(not unicodedata.combining(ch) for ch in text)
+    return text + " " * max(0, width - shown)
 
 
 def format_summary(s: SentenceRecord, number: int = 1) -> str:
     """A compact table: per token and layer, the mean of each gate over its units and, for
     the sigmoid gates, the share of units saturated (< 0.1 or > 0.9); then the guesses."""
-    head = "   ".join(f"{g if g != 'c_tilde' else 'c̃'} {MEANINGS[g]:<7}" for g in GATES)
+    W = 12
+    head = "".join(_pad(f"{'c̃' if g == 'c_tilde' else g} {MEANINGS[g]}", W) for g in GATES)
     lines = [f"sentence {number}: {s.text.strip()}",
-             "  mean over units; for f, i, o also the share of units saturated (< 0.1 or > 0.9)",
-             f"  {'pos':>3} {'token':<14} {'p(token)':>8} │ layer  {head}"]
+             "  per layer, the mean over units; for f, i, o also the share of units saturated (< 0.1 or > 0.9)",
+             f"  {'pos':>3} {'token':<14} {'p(token)':>8} │ layer  {head.rstrip()}"]
     for t, token in enumerate(s.tokens):
         for l, layer in enumerate(s.layers):
-            cells = []
+            cells = ""
             for g in GATES:
                 v = layer[g][t]
-                if g in SIGMOID_GATES:
-                    cells.append(f"{v.mean():.2f} {np.mean((v < LOW) | (v > HIGH)):4.0%}  ")
-                else:
-                    cells.append(f"{v.mean():+.2f}{'':<7}")
-            left = f"  {t + 1:>3} {token:<14} {s.token_probs[t]:>8.3f}" if l == 0 else " " * 29
-            lines.append(f"{left} │ {l + 1:>5}  " + "   ".join(cells).rstrip())
+                sat = f" {np.mean((v < LOW) | (v > HIGH)):4.0%}" if g in SIGMOID_GATES else ""
+                cells += _pad(f"{v.mean():.2f}{sat}" if g in SIGMOID_GATES else f"{v.mean():+.2f}", W)
+            left = f"  {t + 1:>3} {_pad(visible(token), 14)} {s.token_probs[t]:>8.3f}" if l == 0 else " " * 29
+            lines.append(f"{left} │ {l + 1:>5}  {cells.rstrip()}")
         lines.append(f"{'':<29} │ next: {_guesses(s.top[t])}")
     return "\n".join(lines)
 
@@ -108,14 +120,16 @@ def format_saturation(stats: CorpusStats) -> str:
     return "\n".join(lines)
 
 
-def format_search(results: dict[str, list[UnitScore]], tokens: int) -> str:
+def format_search(results: dict[str, list[UnitScore]], stats: CorpusStats) -> str:
+    """The unit-search ranking as a table (special tokens such as <eos> are not scored)."""
+    tokens = int((stats.ids > 3).sum())
     lines = [f"unit search over {tokens:,} tokens: the units whose value best separates each property",
              "  score r: rank correlation with the property (2·AUC − 1 for yes/no properties, Spearman ρ for position);"
              " ranked by |r|",
              f"  {'property':<22} {'tokens':>7}  {'layer':>5} {'gate':<8} {'unit':>5}  {'r':>6}  {'AUC':>6}  {'mean yes':>8}  {'mean no':>8}"]
-    if not results:
-        lines.append("  (no property occurs in these tokens, or every token has it)")
     for name, scores in results.items():
+        if not scores:
+            lines.append(f"  {name:<22} {'':>7}  (skipped: no token here has it, or every token does)")
         for s in scores:
             auc = f"{s.auc:6.3f}" if s.auc is not None else f"{'':>6}"
             yes = f"{s.mean_yes:+8.3f}" if s.mean_yes is not None else f"{'':>8}"
@@ -127,9 +141,15 @@ def format_search(results: dict[str, list[UnitScore]], tokens: int) -> str:
 # --- data files -------------------------------------------------------------------------
 
 
+def _output(path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_json(rec: GateRecord, path: str | Path) -> Path:
     """Everything in the record; `read_json` loads it back."""
-    path = Path(path)
+    path = _output(path)
     path.write_text(json.dumps(rec.to_dict(), ensure_ascii=False), encoding="utf-8")
     return path
 
@@ -144,7 +164,7 @@ CSV_COLUMNS = ("sentence", "position", "token", "layer", "gate", "unit", "value"
 def write_csv(rec: GateRecord, path: str | Path) -> Path:
     """Long format, one value a row: sentence, position, token, layer, gate, unit, value
     (sentences, positions and layers from 1; units from 0)."""
-    path = Path(path)
+    path = _output(path)
     with open(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
@@ -180,7 +200,7 @@ def write_npz(rec: GateRecord, path: str | Path) -> Path:
         for t, guesses in enumerate(s.top):
             for j, (w, p) in enumerate(guesses):
                 top_words[n, t, j], top_probs[n, t, j] = w, p
-    path = Path(path)
+    path = _output(path)
     with open(path, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
         np.savez_compressed(
             f, **arrays, lengths=np.array([len(s) for s in rec.sentences]), tokens=tokens.astype(str),
@@ -211,8 +231,8 @@ def arabic_font() -> str | None:
 
 @lru_cache(maxsize=None)
 def _matplotlib_shapes_text() -> bool:
-    # Matplotlib ≥ 3.11 lays text out with libraqm, which joins Arabic letters and orders
-    # right-to-left runs itself; reshaping and reordering again would scramble the word.
+    # A matplotlib that lays text out with libraqm (3.11 does) joins Arabic letters and
+    # orders right-to-left runs itself; reshaping and reordering again would scramble words.
     import matplotlib.ft2font
 
     return hasattr(matplotlib.ft2font, "__libraqm_version__")
@@ -257,7 +277,7 @@ def _token_axis(ax, tokens: list[str]) -> None:
     """Tokens along x, first token on the right (data must already be reversed)."""
     T = len(tokens)
     ax.set_xticks(range(T))
-    ax.set_xticklabels([display_text(t) for t in reversed(tokens)], rotation=0 if T <= 10 else 60,
+    ax.set_xticklabels([display_text(visible(t)) for t in reversed(tokens)], rotation=0 if T <= 10 else 60,
                        ha="center" if T <= 10 else "right", fontsize=11)
 
 
@@ -315,7 +335,7 @@ def plot_units(rec: GateRecord, units: list[int], directory: str | Path) -> list
                     ax.axhline(0, color="#999", lw=0.5)
                     ax.set_ylabel(f"{LABELS[g]}\n{MEANINGS[g]}")
                     ax.grid(alpha=0.3)
-                axes[0].legend(loc="upper left", fontsize=8, ncol=min(len(units), 4))
+                axes[0].legend(loc="best", fontsize=8, ncol=min(len(units), 4))
                 axes[0].set_title(f"units {', '.join(map(str, units))} · layer {l} · sentence {n}\n"
                                   + display_text(_clip(s.text)), fontsize=11)
                 _token_axis(axes[-1], s.tokens)
@@ -348,7 +368,7 @@ def plot_saturation(stats: CorpusStats, path: str | Path) -> Path:
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
     return path
 
@@ -388,7 +408,7 @@ def html_report(rec: GateRecord, title: str = "arlm: watching the gates", subtit
 
 
 def write_html(rec: GateRecord, path: str | Path, title: str = "arlm: watching the gates", subtitle: str = "") -> Path:
-    path = Path(path)
+    path = _output(path)
     path.write_text(html_report(rec, title, subtitle), encoding="utf-8")
     return path
 
@@ -491,13 +511,15 @@ _HTML = r"""<!DOCTYPE html>
   const css = (rgb) => "rgb(" + rgb.join(",") + ")";
   const ink = (rgb) => (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 140 ? "#fff" : "#111");
   const fmt = (x) => (x >= 0 ? " " : "") + x.toFixed(3);
+  // invisible format characters (RLM, ZWNJ, …) spelled out, as in the terminal view
+  const visible = (s) => s.replace(/\p{Cf}/gu, (c) => "⟨U+" + c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "⟩");
 
   function detail(t, box) {
     const s = sentence(), g = sel.gate.value;
     box.replaceChildren();
     const head = document.createElement("div");
-    const word = document.createElement("b");
-    word.className = "arabic"; word.dir = "rtl"; word.textContent = s.tokens[t];
+    const word = document.createElement("bdi");
+    word.className = "arabic"; word.style.fontWeight = "bold"; word.textContent = visible(s.tokens[t]);
     head.append(word, document.createTextNode("  position " + (t + 1) + " of " + s.tokens.length +
       " · p(this word) = " + s.token_probs[t].toFixed(3) + " · layer " + (+sel.layer.value + 1) +
       " · " + (sel.unit.value === "mean" ? "mean of all units" : "unit " + sel.unit.value)));
@@ -514,9 +536,12 @@ _HTML = r"""<!DOCTYPE html>
     const cap = document.createElement("div");
     cap.textContent = "next-word guesses after this word:";
     const ol = document.createElement("ol");
-    ol.className = "guesses arabic";
+    ol.className = "guesses";
     s.top[t].forEach(([w, p]) => {
-      const li = document.createElement("li"); li.textContent = w + "  " + p.toFixed(3); ol.appendChild(li);
+      const li = document.createElement("li"), b = document.createElement("bdi");
+      b.textContent = visible(w);    // <bdi>: an Arabic word does not pull the number into its run
+      li.append(b, document.createTextNode("  " + p.toFixed(3)));
+      ol.appendChild(li);
     });
     box.append(head, table, cap, ol);
   }
@@ -529,7 +554,7 @@ _HTML = r"""<!DOCTYPE html>
       const span = document.createElement("span");
       span.className = "tok" + (t === active ? " active" : "");
       span.dataset.pos = String(t);
-      span.textContent = tok;        // text, never markup
+      span.textContent = visible(tok);  // text, never markup
       const rgb = colour(g, value(g, t));
       span.style.backgroundColor = css(rgb);
       span.style.color = ink(rgb);
@@ -587,8 +612,8 @@ _HTML = r"""<!DOCTYPE html>
     if (t >= 0 && t < sentence().tokens.length) active = t;
     render();
   });
-  sel.sentence.addEventListener("change", () => { active = -1; $("detail").replaceChildren(); render(); });
-  [sel.layer, sel.gate, sel.unit].forEach((s) => s.addEventListener("change", render));
+  sel.sentence.addEventListener("change", () => { active = -1; $("detail").replaceChildren(); });
+  Object.values(sel).forEach((s) => s.addEventListener("change", () => { $("tip").style.display = "none"; render(); }));
   render();
 })();
 </script>
@@ -619,7 +644,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="next-word guesses kept per position (default 5)")
     view = p.add_mutually_exclusive_group()
     view.add_argument("--summary", action="store_true", help="print only the compact summary table")
-    view.add_argument("--quiet", action="store_true", help="print nothing but the files written")
+    view.add_argument("--quiet", action="store_true", help="no step view or summary (files written and --stats still print)")
     p.add_argument("--json", metavar="FILE", help="write everything recorded as JSON")
     p.add_argument("--csv", metavar="FILE", help="write long-format CSV: sentence, position, token, layer, gate, unit, value")
     p.add_argument("--npz", metavar="FILE", help="write padded NumPy arrays (sentences, layers, tokens, units)")
@@ -668,18 +693,31 @@ def _int_list(text: str, what: str) -> list[int]:
 def _run(args) -> int:
     from arlm import checkpoint, gates
 
+    # Everything that can be checked without the model is checked before loading it.
     sentences = _sentences(args)
     if not sentences and not args.stats:
         raise ValueError("nothing to inspect: give a sentence, --file FILE, or --stats")
+    if (args.corpus or args.regex) and not args.stats:
+        raise ValueError("--corpus and --regex are for --stats")
     if args.units_plot and not args.plot:
         raise ValueError("--units-plot needs --plot DIR to write the pictures to")
     units_plot = _int_list(args.units_plot, "--units-plot") if args.units_plot else []
     if args.top_k < 1 or args.top < 1:
         raise ValueError("--top-k and --top must be at least 1")
     search_gates = tuple(g.strip() for g in args.search_gates.split(",") if g.strip())
-    wrote = lambda path: print(f"wrote {path}", file=sys.stderr)  # noqa: E731
+    bad = [g for g in search_gates if g not in GATES]
+    if bad or not search_gates:
+        raise ValueError(f"--search-gates: unknown gate(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(GATES)}")
+    if args.regex:
+        gates.token_properties([], [], args.regex)  # a bad pattern fails here, not after the corpus run
+
+    def wrote(path) -> None:
+        print(f"wrote {path}", file=sys.stderr)
 
     model, tokenizer, config = checkpoint.load(args.checkpoint, args.device)
+    H = model.config.hidden_size
+    if any(not 0 <= u < H for u in units_plot):
+        raise ValueError(f"--units-plot {args.units_plot}: this model's units are 0..{H - 1}")
     subtitle = f"{Path(args.checkpoint)} · {model.config.num_layers} layer(s) × {model.config.hidden_size} units"
 
     if sentences:
@@ -697,12 +735,8 @@ def _run(args) -> int:
         if args.html:
             wrote(write_html(rec, args.html, subtitle=subtitle))
         if args.plot:
-            if units_plot:
-                plot_units(rec, units_plot, args.plot)  # checks the units before the long part
-            paths = plot_heatmaps(rec, args.plot)
-            print(f"wrote {len(paths)} heatmaps to {args.plot}", file=sys.stderr)
-            if units_plot:
-                wrote(f"unit plots to {args.plot}")
+            paths = plot_heatmaps(rec, args.plot) + (plot_units(rec, units_plot, args.plot) if units_plot else [])
+            print(f"wrote {len(paths)} PNG files to {args.plot}", file=sys.stderr)
 
     if args.stats:
         corpus = args.corpus or (config.get("run") or {}).get("corpus")
@@ -713,7 +747,7 @@ def _run(args) -> int:
         results = gates.search_units(stats, args.regex, args.top)
         print(format_saturation(stats))
         print()
-        print(format_search(results, int((stats.ids > 3).sum())))
+        print(format_search(results, stats))
         if args.plot:
             wrote(plot_saturation(stats, Path(args.plot) / "saturation.png"))
     return 0

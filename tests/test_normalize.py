@@ -9,7 +9,7 @@ CONFIGS = [
     NormalizeConfig(),
     NormalizeConfig(unicode="NFC", latin="lower", punctuation="drop", emoji="drop"),
     NormalizeConfig(unicode="none", diacritics=False, alef=False, digits=False, latin="drop"),
-    NormalizeConfig(tatweel=False, teh_marbuta=False, alef_maksura=False),
+    NormalizeConfig(tatweel=False, teh_marbuta=False, alef_maksura=False, invisible=False),
 ]
 
 
@@ -22,6 +22,7 @@ def test_each_step():
     assert normalize("٢٠١٥ و ۱۳۹۴") == "2015 و 1394"
     assert normalize("  كلمة \n\t أخرى  ") == "كلمه اخري"
     assert normalize("ﻻ") == "لا"  # NFKC folds presentation forms
+    assert normalize("الله\u200f قال\u200d\ufeff") == "الله قال"  # invisible marks go
     assert normalize("Hello, عالم 😀!", NormalizeConfig(latin="lower")) == "hello, عالم 😀!"
     assert normalize("Hello, عالم 😀!", NormalizeConfig(latin="drop", emoji="drop", punctuation="drop")) == "عالم"
 
