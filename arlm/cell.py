@@ -101,17 +101,16 @@ class LSTMCell(nn.Module):
 
     # --- the same equations over a window, fast --------------------------------------
 
-    def fused(self, weight_drop: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-        """The four gates stacked (f, i, c̃, o) and split by what they multiply:
-        W_h (4H, H) for h_{t-1}, W_x (4H, I) for x_t, and b (4H). Gradients flow back
-        to the named parameters. `weight_drop` applies DropConnect to W_h (AWD-LSTM)."""
-        H = self.hidden_size
+    def fused(self, weight_drop: float = 0.0) -> tuple[Tensor, Tensor]:
+        """The four gates stacked in the order f, i, c̃, o: W (4H, H + I) and b (4H).
+        The columns keep the [h_{t-1}, x_t] order of the named weights; gradients flow
+        back to them. `weight_drop` applies DropConnect to the h columns (AWD-LSTM)."""
         W = torch.cat([self.W_f, self.W_i, self.W_c, self.W_o], dim=0)
         b = torch.cat([self.b_f, self.b_i, self.b_c, self.b_o])
-        W_h, W_x = W[:, :H], W[:, H:]
         if weight_drop > 0 and self.training:
-            W_h = F.dropout(W_h, weight_drop)
-        return W_h, W_x, b
+            H = self.hidden_size
+            W = torch.cat([F.dropout(W[:, :H], weight_drop), W[:, H:]], dim=1)
+        return W, b
 
     def sequence(
         self, x: Tensor, state: tuple[Tensor, Tensor], weight_drop: float = 0.0
@@ -121,9 +120,9 @@ class LSTMCell(nn.Module):
         Returns the hidden states (seq_len, batch, hidden), the final (h, c), and the
         `Trace` of every gate and state at every step (computed anyway for the backward
         pass, so recording gates costs nothing extra)."""
-        W_h, W_x, b = self.fused(weight_drop)
+        W, b = self.fused(weight_drop)
         h0, c0 = state
-        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W_x, W_h, b)
+        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b)
         H = self.hidden_size
         trace = Trace(gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :], cs, hs.detach())
         return hs, (h, c), trace
@@ -133,9 +132,10 @@ class _Sequence(torch.autograd.Function):
     """Forward and backward of the LSTM equations over a window, by hand."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, W_x, W_h, b):
+    def forward(ctx, x, h0, c0, W, b):
         T, B, _ = x.shape
         H = h0.shape[1]
+        W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
         # The input half of every gate, for all steps at once: (T, B, 4H).
         gx = torch.addmm(b, x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
         gates = torch.empty_like(gx)                         # f, i, c̃, o after σ / tanh
@@ -152,15 +152,16 @@ class _Sequence(torch.autograd.Function):
             c = torch.addcmul(f * c, i, c_tilde, out=cs[t])    # c_t = f ⊙ c_{t-1} + i ⊙ c̃_t
             torch.tanh(c, out=tanh_cs[t])
             h = torch.mul(o, tanh_cs[t], out=hs[t])            # h_t = o ⊙ tanh(c_t)
-        ctx.save_for_backward(x, h0, c0, W_x, W_h, gates, cs, tanh_cs, hs)
+        ctx.save_for_backward(x, h0, c0, W, gates, cs, tanh_cs, hs)
         ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)  # unused outputs (gates, cs) get None, not zeros
         return hs, h.clone(), c.clone(), gates, cs
 
     @staticmethod
     def backward(ctx, d_hs, d_hT, d_cT, _d_gates, _d_cs):
-        x, h0, c0, W_x, W_h, gates, cs, tanh_cs, hs = ctx.saved_tensors
+        x, h0, c0, W, gates, cs, tanh_cs, hs = ctx.saved_tensors
         T, B, H = hs.shape
+        W_h, W_x = W[:, :H], W[:, H:]
         f, i, c_tilde, o = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
         c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
         # Everything that does not depend on the running gradient, for all steps at once:
@@ -186,9 +187,15 @@ class _Sequence(torch.autograd.Function):
             dc = dc * f[t]
             dh = dG[t] @ W_h
         dG2 = dG.view(T * B, 4 * H)
-        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).view(T * B, H)
         d_x = (dG2 @ W_x).view_as(x) if ctx.needs_input_grad[0] else None
-        d_W_x = dG2.t() @ x.reshape(T * B, -1) if ctx.needs_input_grad[3] else None
-        d_W_h = dG2.t() @ h_prev if ctx.needs_input_grad[4] else None
-        d_b = dG2.sum(0) if ctx.needs_input_grad[5] else None
-        return d_x, dh, dc, d_W_x, d_W_h, d_b
+        d_W = d_b = None
+        if ctx.needs_input_grad[3]:
+            # One product for the whole weight: dW = Σ_t dG_t^T [h_{t-1}, x_t].
+            hx = x.new_empty(T, B, W.shape[1])
+            hx[0, :, :H] = h0
+            hx[1:, :, :H] = hs[:-1]
+            hx[:, :, H:] = x
+            d_W = dG2.t() @ hx.view(T * B, -1)
+        if ctx.needs_input_grad[4]:
+            d_b = dG2.sum(0)
+        return d_x, dh, dc, d_W, d_b

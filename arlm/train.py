@@ -276,6 +276,8 @@ def load_config(argv: list[str] | None) -> TrainConfig:
         if "normalize" in data:
             data["normalize"] = {**values.get("normalize", {}), **data["normalize"]}
         values.update(data)
+    if "normalize" in args:  # flags refine the normalization from config files, not replace it
+        args["normalize"] = {**values.get("normalize", {}), **args["normalize"]}
     values.update(args)
     cfg = TrainConfig(**values)
     try:

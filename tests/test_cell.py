@@ -57,8 +57,8 @@ def test_gradcheck_float64():
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    W_h, W_x, b = (t.detach().clone().requires_grad_() for t in cell.fused())
-    assert torch.autograd.gradcheck(lambda *a: _Sequence.apply(*a)[:3], (x, h0, c0, W_x, W_h, b))
+    W, b = (t.detach().clone().requires_grad_() for t in cell.fused())
+    assert torch.autograd.gradcheck(lambda *a: _Sequence.apply(*a)[:3], (x, h0, c0, W, b))
     # the readable step, through the named parameters
     assert torch.autograd.gradcheck(lambda x, h, c: tuple(cell(x, (h, c))[:2]), (x[0], h0, c0))
 
