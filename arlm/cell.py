@@ -128,6 +128,42 @@ class LSTMCell(nn.Module):
         return hs, (h, c), trace
 
 
+def _onednn_works() -> bool:
+    """Whether this torch build has oneDNN's pre-packed matmul (x86/ARM CPU builds do)."""
+    try:
+        W, x = torch.randn(8, 4), torch.randn(2, 4)
+        packed = torch.ops.mkldnn._reorder_linear_weight(W, 2)
+        return torch.allclose(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), x @ W.t(), atol=1e-5)
+    except Exception:
+        return False
+
+
+_ONEDNN = torch.backends.mkldnn.is_available() and _onednn_works()
+
+
+class _Times:
+    """y = x @ M^T (+ add), for the many small products of one weight inside a time loop.
+
+    The same product whatever the path. On a CPU with oneDNN, M is packed once into the
+    blocked layout its matmul kernels read, which makes the batch-sized per-step products
+    1.3-2x faster than re-reading a plain matrix each step (this is how torch.nn.LSTM's
+    CPU kernel gets its speed, too). Elsewhere (CUDA, float64, short windows) it is
+    torch.addmm / torch.mm."""
+
+    def __init__(self, M: Tensor, batch: int, steps: int):
+        self.M = M.contiguous()
+        self.packed = None
+        if _ONEDNN and M.device.type == "cpu" and M.dtype == torch.float32 and steps >= 4:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.M, batch)
+
+    def __call__(self, x: Tensor, add: Tensor | None = None) -> Tensor:
+        if self.packed is not None:
+            if add is None:
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, add, self.packed, None, "add")
+        return x @ self.M.t() if add is None else torch.addmm(add, x, self.M.t())
+
+
 class _Sequence(torch.autograd.Function):
     """Forward and backward of the LSTM equations over a window, by hand."""
 
@@ -138,16 +174,18 @@ class _Sequence(torch.autograd.Function):
         W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
         # The input half of every gate, for all steps at once: (T, B, 4H).
         gx = torch.addmm(b, x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
+        times_W_h = _Times(W_h, B, T)
         gates = torch.empty_like(gx)                         # f, i, c̃, o after σ / tanh
         cs = x.new_empty(T, B, H)
         hs = x.new_empty(T, B, H)
         tanh_cs = x.new_empty(T, B, H)
         h, c = h0, c0
         for t in range(T):
-            g = torch.addmm(gx[t], h, W_h.t(), out=gates[t])  # W · [h_{t-1}, x_t] + b
-            g[:, : 2 * H].sigmoid_()                           # f, i
-            g[:, 2 * H : 3 * H].tanh_()                        # c̃
-            g[:, 3 * H :].sigmoid_()                           # o
+            z = times_W_h(h, add=gx[t])                        # W · [h_{t-1}, x_t] + b
+            g = gates[t]
+            torch.sigmoid(z[:, : 2 * H], out=g[:, : 2 * H])    # f, i
+            torch.tanh(z[:, 2 * H : 3 * H], out=g[:, 2 * H : 3 * H])  # c̃
+            torch.sigmoid(z[:, 3 * H :], out=g[:, 3 * H :])    # o
             f, i, c_tilde, o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
             c = torch.addcmul(f * c, i, c_tilde, out=cs[t])    # c_t = f ⊙ c_{t-1} + i ⊙ c̃_t
             torch.tanh(c, out=tanh_cs[t])
@@ -176,6 +214,7 @@ class _Sequence(torch.autograd.Function):
         D = hs.new_empty(B, 4, H)  # the running gradient each gate acts through: (dc, dc, dc, dh)
         dh = d_hT if d_hT is not None else hs.new_zeros(B, H)
         dc = d_cT if d_cT is not None else hs.new_zeros(B, H)
+        times_W_h_t = _Times(W_h.t(), B, T)                             # dh_{t-1} = dG_t W_h
         for t in range(T - 1, -1, -1):
             if d_hs is not None:
                 dh = dh + d_hs[t]
@@ -185,7 +224,7 @@ class _Sequence(torch.autograd.Function):
             D[:, 3] = dh
             torch.mul(P[t].view(B, 4, H), D, out=dG[t].view(B, 4, H))
             dc = dc * f[t]
-            dh = dG[t] @ W_h
+            dh = times_W_h_t(dG[t])
         dG2 = dG.view(T * B, 4 * H)
         d_x = (dG2 @ W_x).view_as(x) if ctx.needs_input_grad[0] else None
         d_W = d_b = None
