@@ -110,7 +110,8 @@ def test_padding_changes_nothing_and_tokens_keep_reading_order(model, tok):
     for a, b in zip(alone.layers, batched.layers):
         for g in GATES:
             np.testing.assert_array_equal(a[g].shape, (len(alone), 10))
-            np.testing.assert_allclose(a[g], b[g], rtol=1e-6, atol=1e-7)
+            # equal up to float32 rounding: batches of different size may use other GEMM blockings
+            np.testing.assert_allclose(a[g], b[g], rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_words_show_as_typed(model, tok):
