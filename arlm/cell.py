@@ -113,16 +113,19 @@ class LSTMCell(nn.Module):
         return W, b
 
     def sequence(
-        self, x: Tensor, state: tuple[Tensor, Tensor], weight_drop: float = 0.0
+        self, x: Tensor, state: tuple[Tensor, Tensor], weight_drop: float = 0.0, keep: Tensor | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Trace]:
         """Run over x (seq_len, batch, input_size) from state (h0, c0).
+
+        `keep` (seq_len, batch, 1), optional: 0 where a new document starts, so the state
+        is zeroed before that step (h_{t-1}, c_{t-1} ← 0), 1 elsewhere.
 
         Returns the hidden states (seq_len, batch, hidden), the final (h, c), and the
         `Trace` of every gate and state at every step (computed anyway for the backward
         pass, so recording gates costs nothing extra)."""
         W, b = self.fused(weight_drop)
         h0, c0 = state
-        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b)
+        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b, keep)
         H = self.hidden_size
         trace = Trace(gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :], cs, hs.detach())
         return hs, (h, c), trace
@@ -168,7 +171,8 @@ class _Sequence(torch.autograd.Function):
     """Forward and backward of the LSTM equations over a window, by hand."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, W, b):
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # the recurrence stays float32 under autocast
+    def forward(ctx, x, h0, c0, W, b, keep=None):
         T, B, _ = x.shape
         H = h0.shape[1]
         W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
@@ -181,6 +185,8 @@ class _Sequence(torch.autograd.Function):
         tanh_cs = x.new_empty(T, B, H)
         h, c = h0, c0
         for t in range(T):
+            if keep is not None:                               # a document starts: forget it all
+                h, c = h * keep[t], c * keep[t]
             z = times_W_h(h, add=gx[t])                        # W · [h_{t-1}, x_t] + b
             g = gates[t]
             torch.sigmoid(z[:, : 2 * H], out=g[:, : 2 * H])    # f, i
@@ -190,18 +196,22 @@ class _Sequence(torch.autograd.Function):
             c = torch.addcmul(f * c, i, c_tilde, out=cs[t])    # c_t = f ⊙ c_{t-1} + i ⊙ c̃_t
             torch.tanh(c, out=tanh_cs[t])
             h = torch.mul(o, tanh_cs[t], out=hs[t])            # h_t = o ⊙ tanh(c_t)
-        ctx.save_for_backward(x, h0, c0, W, gates, cs, tanh_cs, hs)
+        ctx.save_for_backward(x, h0, c0, W, gates, cs, tanh_cs, hs, keep)
         ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)  # unused outputs (gates, cs) get None, not zeros
         return hs, h.clone(), c.clone(), gates, cs
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, d_hs, d_hT, d_cT, _d_gates, _d_cs):
-        x, h0, c0, W, gates, cs, tanh_cs, hs = ctx.saved_tensors
+        x, h0, c0, W, gates, cs, tanh_cs, hs, keep = ctx.saved_tensors
         T, B, H = hs.shape
         W_h, W_x = W[:, :H], W[:, H:]
         f, i, c_tilde, o = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
-        c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])
+        c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])  # the c_{t-1} each step read
+        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])
+        if keep is not None:
+            c_prev, h_prev = c_prev * keep, h_prev * keep
         # Everything that does not depend on the running gradient, for all steps at once:
         # ∂c_t/∂(pre-activations) of f, i, c̃ and ∂h_t/∂(pre-activation of o).
         P = torch.empty_like(gates)
@@ -225,16 +235,17 @@ class _Sequence(torch.autograd.Function):
             torch.mul(P[t].view(B, 4, H), D, out=dG[t].view(B, 4, H))
             dc = dc * f[t]
             dh = times_W_h_t(dG[t])
+            if keep is not None:  # no gradient flows into the previous document
+                dh, dc = dh * keep[t], dc * keep[t]
         dG2 = dG.view(T * B, 4 * H)
         d_x = (dG2 @ W_x).view_as(x) if ctx.needs_input_grad[0] else None
         d_W = d_b = None
         if ctx.needs_input_grad[3]:
             # One product for the whole weight: dW = Σ_t dG_t^T [h_{t-1}, x_t].
             hx = x.new_empty(T, B, W.shape[1])
-            hx[0, :, :H] = h0
-            hx[1:, :, :H] = hs[:-1]
+            hx[:, :, :H] = h_prev
             hx[:, :, H:] = x
             d_W = dG2.t() @ hx.view(T * B, -1)
         if ctx.needs_input_grad[4]:
             d_b = dG2.sum(0)
-        return d_x, dh, dc, d_W, d_b
+        return d_x, dh, dc, d_W, d_b, None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import zipfile
@@ -459,8 +460,13 @@ def prepare(
         tok, tok_stats = SentencePieceTokenizer.train(train_texts, tok_cfg)
     t_vocab = time.time() - t0
 
-    # Pass 2: ids, appended to the split files as chunks come back.
-    directory.mkdir(parents=True, exist_ok=True)
+    # Pass 2: ids, appended to the split files as chunks come back. Everything is built in
+    # a private folder and renamed into place, so two processes building the same cache
+    # never write into each other's files (the first to finish wins).
+    final, directory = directory, directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
     files = {s: open(directory / f"{s}.bin.tmp", "wb") for s in SPLITS}
     n_tokens, n_unk, words = Counter(), Counter(), 0
@@ -498,8 +504,16 @@ def prepare(
         "whitespace_words": words, "workers": workers,
     }
     tok.save(directory)
-    (directory / "meta.json.tmp").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
-    os.replace(directory / "meta.json.tmp", directory / "meta.json")
+    (directory / "meta.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    try:
+        os.rename(directory, final)
+    except OSError:  # another process finished first (or a stale, unreadable cache is there)
+        if (final / "meta.json").is_file():
+            shutil.rmtree(directory)
+        else:
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(directory, final)
+    directory = final
     if verbose:
         print(
             f"corpus {card.name}: {n_tokens['train']:,} / {n_tokens['valid']:,} / {n_tokens['test']:,} "

@@ -31,7 +31,7 @@ class StackedLSTM(nn.Module):
 
     Input (seq_len, batch, input_size); state (h, c) each (num_layers, batch, hidden),
     as in `torch.nn.LSTM`. `dropout` is locked (variational) dropout between layers:
-    one mask per sequence, the same at every time step (Gal & Ghahramani 2016), which
+    one mask per forward call (a BPTT window), the same at every time step (Gal & Ghahramani 2016), which
     regularizes a recurrent net without drowning the signal in per-step noise.
     `weight_drop` is DropConnect on the hidden-to-hidden weights (Merity et al. 2018).
     """
@@ -51,8 +51,9 @@ class StackedLSTM(nn.Module):
         z = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device, dtype=dtype)
         return z, z.clone()
 
-    def forward(self, x: Tensor, state: State | None = None, record: bool = False
+    def forward(self, x: Tensor, state: State | None = None, record: bool = False, keep: Tensor | None = None
                 ) -> tuple[Tensor, State, list[Trace] | None]:
+        """`keep` (seq_len, batch, 1): 0 where the state is reset before a step (a new document)."""
         if state is None:
             state = self.init_state(x.shape[1], x.device, x.dtype)
         h0, c0 = state
@@ -60,7 +61,7 @@ class StackedLSTM(nn.Module):
         for k, cell in enumerate(self.cells):
             if k > 0:
                 x = locked_dropout(x, self.dropout, self.training)
-            x, (h, c), trace = cell.sequence(x, (h0[k], c0[k]), self.weight_drop)
+            x, (h, c), trace = cell.sequence(x, (h0[k], c0[k]), self.weight_drop, keep)
             hs.append(h)
             cs.append(c)
             traces.append(trace)
@@ -133,8 +134,14 @@ class ModelConfig:
     weight_drop:     DropConnect on the hidden-to-hidden weights.
     tie_weights:     the output layer reuses the embedding matrix (Press & Wolf 2017; Inan
                      et al. 2017); with hidden_size ≠ emb_size a projection H→E comes first.
+                     With the adaptive softmax, the head's shortlist rows are tied (the tail
+                     clusters have their own, narrower projections).
     softmax:         "full", or "adaptive" (Grave et al. 2017): frequent words in a small
                      head, rare words in clusters of smaller width, for large vocabularies.
+    reset_at_eos:    zero the LSTM state before reading <eos> (id `eos_id`): every document
+                     is read from the same start-of-document state, in training, evaluation
+                     and generation alike, and the state never drifts over thousands of
+                     tokens of unrelated documents.
     cutoffs:         adaptive softmax cluster boundaries (ids are frequency-ordered);
                      cutoffs ≥ vocab_size - 1 are dropped, and with none left the full
                      softmax is used.
@@ -154,6 +161,8 @@ class ModelConfig:
     softmax: str = "adaptive"
     cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
     adaptive_div: float = 4.0
+    reset_at_eos: bool = True
+    eos_id: int = 3
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "emb_size", "hidden_size", "num_layers"):
@@ -228,7 +237,8 @@ class LanguageModel(nn.Module):
         weight = embedding_dropout(self.embedding.weight, cfg.dropout_embedding, self.training)
         x = F.embedding(ids, weight)
         x = locked_dropout(x, cfg.dropout_input, self.training)
-        y, state, traces = self.lstm(x, state, record)
+        keep = (ids != cfg.eos_id).unsqueeze(-1).to(x.dtype) if cfg.reset_at_eos else None
+        y, state, traces = self.lstm(x, state, record, keep)
         y = locked_dropout(y, cfg.dropout, self.training)
         if self.projection is not None:
             y = self.projection(y)
@@ -238,7 +248,7 @@ class LanguageModel(nn.Module):
     def nll(self, features: Tensor, targets: Tensor) -> Tensor:
         """Per-token negative log-likelihood, features (N, E), targets (N,)."""
         if self.adaptive is not None:
-            return -self._adaptive_target_logprob(features, targets)
+            return -self.adaptive(features, targets).output
         return F.cross_entropy(self.decoder(features), targets, reduction="none")
 
     def log_probs(self, features: Tensor) -> Tensor:
@@ -247,9 +257,6 @@ class LanguageModel(nn.Module):
         flat = features.reshape(-1, features.shape[-1])
         out = self.adaptive.log_prob(flat) if self.adaptive is not None else F.log_softmax(self.decoder(flat), -1)
         return out.view(*shape, -1)
-
-    def _adaptive_target_logprob(self, features: Tensor, targets: Tensor) -> Tensor:
-        return self.adaptive(features, targets).output
 
     def init_state(self, batch_size: int, device=None) -> State:
         return self.lstm.init_state(batch_size, device or self.embedding.weight.device, self.embedding.weight.dtype)

@@ -81,6 +81,7 @@ class TrainConfig:
     time_budget: float = 8.0            # stop after this many minutes of training (0: no limit)
     eval_interval: int = 400            # steps between valid evaluations (0: once per epoch)
     eval_batch_size: int = 10
+    eval_tokens: int = 0                # valid tokens scored at each interval evaluation (0: all)
     lr_patience: int = 1                # evaluations without improvement before the LR is cut
     lr_factor: float = 0.5
     early_stop: int = 5                 # evaluations without improvement before stopping (0: never)
@@ -93,6 +94,7 @@ class TrainConfig:
     workers: int = 0                    # processes for tokenizing a new corpus (0: all cores)
     log_interval: int = 50
     resume: str = ""                    # a run directory to continue from
+    overwrite: bool = False             # replace a run already in --out
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -115,7 +117,7 @@ CHOICES = {
 }
 POSITIVE = ("vocab_size", "min_freq", "emb_size", "hidden_size", "num_layers", "batch_size", "bptt", "epochs",
             "eval_batch_size", "log_interval")
-NON_NEGATIVE = ("max_steps", "time_budget", "eval_interval", "clip", "threads", "workers", "lr_patience",
+NON_NEGATIVE = ("max_steps", "time_budget", "eval_interval", "eval_tokens", "clip", "threads", "workers", "lr_patience",
                 "early_stop", "nonmono", "weight_decay")
 
 HELP = {
@@ -146,6 +148,8 @@ HELP = {
     "time_budget": "stop after this many minutes of training (0: no limit)",
     "eval_interval": "steps between validation runs (0: at the end of each epoch)",
     "eval_batch_size": "streams for scoring valid/test",
+    "eval_tokens": "score only the first N valid tokens at interval evaluations, for big corpora; "
+                   "the final valid and test scores always use every token (0: all)",
     "lr_patience": "evaluations without improvement before the learning rate is cut",
     "lr_factor": "factor the learning rate is multiplied by on a plateau",
     "early_stop": "evaluations without improvement before training stops (0: never)",
@@ -157,6 +161,7 @@ HELP = {
     "workers": "processes for tokenizing a new corpus (0: all cores)",
     "log_interval": "steps between progress-bar updates of the loss",
     "resume": "continue the run saved in this directory (its config, weights, optimizer and position)",
+    "overwrite": "replace the run already in --out (without it, arlm refuses to mix two runs in one directory)",
 }
 
 
@@ -232,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate(cfg: TrainConfig) -> None:
+    _check_types(cfg)
     problems = []
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
@@ -253,6 +259,19 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("; ".join(problems))
 
 
+def _check_types(cfg: TrainConfig) -> None:
+    """A TOML value of the wrong type (bptt = "35") is a one-line error, not a TypeError."""
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
+        ok = (isinstance(value, bool) if isinstance(default, bool)
+              else isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float)
+              else isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int)
+              else isinstance(value, type(default)))
+        if not ok:
+            raise ValueError(f"{f.name} must be {type(default).__name__}, got {value!r}")
+
+
 def load_config(argv: list[str] | None) -> TrainConfig:
     """Defaults, then the TOML file, then the flags; then --resume's saved run fills the rest."""
     parser = build_parser()
@@ -261,10 +280,13 @@ def load_config(argv: list[str] | None) -> TrainConfig:
     config_files = args.pop("config", None) or []
     if args.get("resume"):
         try:
-            run = checkpoint.read_config(checkpoint.model_dir(Path(args["resume"]) / "latest"))["run"]
+            resume = Path(args["resume"])
+            latest = resume / "latest" if (resume / "latest" / "config.json").exists() else resume / "latest.old"
+            run = checkpoint.read_config(checkpoint.model_dir(latest))["run"]
         except checkpoint.CheckpointError as e:
             parser.error(f"--resume: {e}")
         values.update({k: v for k, v in run.items() if k in TrainConfig.__dataclass_fields__})
+        values["out"] = args["resume"]  # continue in place (a moved run writes where it now is)
     for config_file in config_files:
         try:
             data = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
@@ -282,7 +304,7 @@ def load_config(argv: list[str] | None) -> TrainConfig:
     cfg = TrainConfig(**values)
     try:
         validate(cfg)
-        NormalizeConfig(**cfg.normalize)
+        NormalizeConfig.from_dict(cfg.normalize)
     except ValueError as e:
         parser.error(str(e))
     return cfg
@@ -311,6 +333,7 @@ def detach(state):
 @torch.no_grad()
 def evaluate(model: LanguageModel, ids: np.ndarray, cfg: TrainConfig, device: torch.device, eos_id: int) -> dict:
     """Mean NLL over every token of `ids` (end-of-document tokens included), state carried."""
+    was_training = model.training
     model.eval()
     inputs, targets = batching.eval_streams(ids, cfg.eval_batch_size, eos_id)
     state = model.init_state(inputs.shape[0], device)
@@ -324,7 +347,7 @@ def evaluate(model: LanguageModel, ids: np.ndarray, cfg: TrainConfig, device: to
         feats = out.features.reshape(-1, out.features.shape[-1])[keep]
         total += model.nll(feats, y.reshape(-1)[keep]).sum().item()
         count += int(keep.sum())
-    model.train()
+    model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "ppl": math.exp(min(loss, 50)), "tokens": count}
 
@@ -369,7 +392,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         if self.main:
-            preflight(self.out)
+            preflight(self.out, resuming=bool(cfg.resume), overwrite=cfg.overwrite)
         if self.world > 1 and not self.main:
             dist.barrier()  # rank 0 builds the token cache first; the others then read it
         data = prepare(cfg.corpus, cfg.tokenizer_config(), workers=cfg.workers or None,
@@ -401,11 +424,13 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, find_unused_parameters=self.model.adaptive is not None)
         self.optimizer = self._optimizer(cfg.optimizer)
+        # patience - 1: ReduceLROnPlateau cuts on the (patience + 1)-th bad evaluation, and
+        # --lr-patience N means "after N evaluations without improvement", like --early-stop.
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, factor=cfg.lr_factor, patience=cfg.lr_patience)
+            self.optimizer, factor=cfg.lr_factor, patience=max(0, cfg.lr_patience - 1), threshold=0.0)
         self.step = self.epoch = self.pos = 0
         self.state = None
-        self.best = float("inf")
+        self.best = self.best_saved = float("inf")  # best valid loss: for the schedule / for best/
         self.bad_evals = 0
         self.history: list[dict] = []
         self.tokens_seen = 0
@@ -437,6 +462,8 @@ class Trainer:
 
     def _resume(self, run_dir: Path) -> None:
         latest = run_dir / "latest"
+        if not (latest / "config.json").exists() and (run_dir / "latest.old" / "config.json").exists():
+            latest = run_dir / "latest.old"  # a crash between the two renames of a save
         model, tokenizer, _ = checkpoint.load(latest, self.device)
         if tokenizer.vocab_size != self.tokenizer.vocab_size:
             raise checkpoint.CheckpointError(f"{latest}: its vocabulary does not match the corpus cache; resume with the same corpus and tokenizer settings")
@@ -448,7 +475,7 @@ class Trainer:
         self.scheduler.load_state_dict(st["scheduler"])
         self.step, self.epoch, self.pos = st["step"], st["epoch"], st["pos"]
         self.state = (st["h"].to(self.device), st["c"].to(self.device)) if st.get("h") is not None else None
-        self.best, self.bad_evals = st["best"], st["bad_evals"]
+        self.best, self.best_saved, self.bad_evals = st["best"], st["best_saved"], st["bad_evals"]
         self.history = json.loads(st["history"])
         self.tokens_seen, self.train_seconds = st["tokens_seen"], st["train_seconds"]
         torch.set_rng_state(st["torch_rng"])
@@ -464,20 +491,23 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch, "pos": self.pos,
             "h": None if h is None else h.cpu(), "c": None if c is None else c.cpu(),
-            "best": self.best, "bad_evals": self.bad_evals, "history": json.dumps(self.history),
+            "best": self.best, "best_saved": self.best_saved, "bad_evals": self.bad_evals, "history": json.dumps(self.history),
             "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
             "torch_rng": torch.get_rng_state(), "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "asgd": isinstance(self.optimizer, torch.optim.ASGD),
         }
 
     def save(self, which: str, with_trainer: bool = True) -> None:
+        """`best` holds the weights to use (NT-ASGD: the average); `latest` the raw iterate,
+        so that resuming continues exactly."""
         if not self.main:
             return
-        with averaged_weights(self.model, self.optimizer):
+        averaging = averaged_weights(self.model, self.optimizer) if which == "best" else contextlib.nullcontext()
+        with averaging:
             checkpoint.save(self.out / which, self.model, self.tokenizer, asdict(self.cfg),
                             self.trainer_state() if with_trainer else None,
                             {"corpus": {k: self.data.stats.get(k) for k in ("corpus", "tokens", "documents", "unk_rate")},
-                             "step": self.step, "best_valid_ppl": math.exp(min(self.best, 50))})
+                             "step": self.step, "best_valid_ppl": math.exp(min(self.best_saved, 50))})
 
     def log(self, record: dict) -> None:
         if not self.main:
@@ -492,33 +522,51 @@ class Trainer:
 
     # -- the loop --
 
-    def evaluate_and_checkpoint(self) -> bool:
-        """Valid perplexity, LR schedule, best/latest checkpoints. Returns False to stop early."""
+    def evaluate_and_checkpoint(self, final: bool = False) -> bool:
+        """Valid perplexity, LR schedule, best/latest checkpoints. Returns False to stop early.
+
+        The `final` evaluation of a run that stopped between intervals only logs and keeps
+        the best model: it leaves the schedule alone, so a stopped-and-resumed run makes the
+        same decisions as one that never stopped."""
         cfg = self.cfg
+        ids = self.data.valid[: cfg.eval_tokens] if cfg.eval_tokens else self.data.valid
         with averaged_weights(self.model, self.optimizer):
-            valid = evaluate(self.model, self.data.valid, cfg, self.device, self.tokenizer.eos_id)
-        improved = valid["loss"] < self.best
-        if improved:
-            self.best, self.bad_evals = valid["loss"], 0
-        else:
-            self.bad_evals += 1
-        if cfg.optimizer == "ntasgd" and not isinstance(self.optimizer, torch.optim.ASGD) and self.bad_evals >= cfg.nonmono:
-            self.optimizer = self._optimizer("asgd")  # NT-ASGD: start averaging from here
-            self.bad_evals = 0
-            tqdm.write(f"step {self.step}: valid stalled for {cfg.nonmono} evaluations, switching to averaged SGD")
-        elif cfg.optimizer != "ntasgd":
-            self.scheduler.step(valid["loss"])
+            valid = evaluate(self.model, ids, cfg, self.device, self.tokenizer.eos_id)
+        new_best = valid["loss"] < self.best_saved
+        if new_best:
+            self.best_saved = valid["loss"]
+        if not final:
+            if valid["loss"] < self.best:
+                self.best, self.bad_evals = valid["loss"], 0
+            else:
+                self.bad_evals += 1
+            if cfg.optimizer == "ntasgd" and not isinstance(self.optimizer, torch.optim.ASGD) and self.bad_evals >= cfg.nonmono:
+                self.optimizer = self._optimizer("asgd")  # NT-ASGD: start averaging from here
+                self.bad_evals = 0
+                tqdm.write(f"step {self.step}: valid stalled for {cfg.nonmono} evaluations, switching to averaged SGD")
+            elif cfg.optimizer != "ntasgd":
+                self.scheduler.step(valid["loss"])
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": self.epoch + 1, "tokens": self.tokens_seen, "seconds": round(self.train_seconds, 1),
                   "train_loss": self._recent_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"], "lr": lr}
         self.log(record)
         if self.main:
             tqdm.write(f"step {self.step:6d} | epoch {self.epoch + 1} | train loss {self._recent_loss:.3f} | "
-                       f"valid ppl {valid['ppl']:8.2f}{' *' if improved else ''} | lr {lr:.2e}")
-            if improved:
+                       f"valid ppl {valid['ppl']:8.2f}{' *' if new_best else ''} | lr {lr:.2e}")
+            if new_best:
                 self.save("best", with_trainer=False)
             self.save("latest")
         return not (cfg.early_stop and self.bad_evals >= cfg.early_stop and not isinstance(self.optimizer, torch.optim.ASGD))
+
+    def _flag_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (one rank's NaN must stop them all)."""
+        ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1).to(self._flag_device())
+        if self.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
 
     def _handle_signal(self, signum, frame) -> None:
         if self._signalled:  # a second Ctrl-C: the user really wants out
@@ -552,7 +600,7 @@ class Trainer:
         cfg = self.cfg
         model = self.model
         model.train()
-        steps_per_epoch = max(1, (self.rows.shape[1] - 1) // cfg.bptt)
+        steps_per_epoch = max(1, -(-(self.rows.shape[1] - 1) // cfg.bptt))
         total = steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             total = min(total, cfg.max_steps)
@@ -563,9 +611,8 @@ class Trainer:
         loss_sum, loss_n = 0.0, 0
         t_start, tokens_start = time.time(), self.tokens_seen
         seconds_before = self.train_seconds
-        base_lr = self.optimizer.param_groups[0]["lr"]
         while not self.stop_reason:
-            if self.pos >= self.rows.shape[1] - 2:  # epoch done: reset position and state
+            if self.pos >= self.rows.shape[1] - 1:  # no target left: epoch done, reset position and state
                 self.epoch, self.pos, self.state = self.epoch + 1, 0, None
                 if self.epoch >= cfg.epochs:
                     self.stop_reason = f"finished {cfg.epochs} epochs"
@@ -579,7 +626,7 @@ class Trainer:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 out = self.net(x, self.state, y)
             loss = out.loss
-            if not torch.isfinite(loss):
+            if not self._all_finite(loss):
                 last = self.out / "latest"
                 raise FloatingPointError(
                     f"loss became {loss.item()} at step {self.step + 1}; stopped without saving it. Last good checkpoint: "
@@ -612,20 +659,24 @@ class Trainer:
                     self.stop_reason = f"early stop: valid did not improve for {cfg.early_stop} evaluations"
             if cfg.max_steps and self.step >= cfg.max_steps:
                 self.stop_reason = self.stop_reason or f"reached --max-steps {cfg.max_steps}"
-            if cfg.time_budget and self.train_seconds >= cfg.time_budget * 60:
+            if cfg.time_budget and self.train_seconds - seconds_before >= cfg.time_budget * 60:
                 self.stop_reason = self.stop_reason or f"reached --time-budget {cfg.time_budget:g} min"
-            if self.world > 1:  # rank 0's clock and signals decide for everyone, or ranks would hang
-                flag = torch.tensor([1 if self.stop_reason else 0], device=self.device if self.device.type == "cuda" else "cpu")
-                dist.broadcast(flag, 0)
+            if self.world > 1:  # any rank's clock or signal stops every rank at the same step
+                flag = torch.tensor([1 if self.stop_reason else 0], device=self._flag_device())
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 if flag.item() and not self.stop_reason:
-                    self.stop_reason = "stopped by rank 0"
+                    self.stop_reason = "stopped by another rank"
         bar.close()
         return self.finish()
 
     def finish(self) -> dict:
-        """Final valid/test scores with the best weights, summary, curves."""
+        """Evaluate the steps since the last evaluation, then final valid/test scores with
+        the best weights, summary, curves."""
         cfg = self.cfg
-        if self.main:
+        last_eval = self.history[-1]["step"] if self.history else 0
+        if self.step > last_eval and not self.stop_reason.startswith("interrupted"):
+            self.evaluate_and_checkpoint(final=True)
+        elif self.main:
             self.save("latest")
         if self.main and not (self.out / "best" / "config.json").exists():
             self.save("best", with_trainer=False)
@@ -652,8 +703,19 @@ class Trainer:
         return summary
 
 
-def preflight(out: Path) -> None:
-    """Fail before training, not after an hour of it, when the output cannot be written."""
+def preflight(out: Path, resuming: bool = False, overwrite: bool = False) -> None:
+    """Fail before training, not after an hour of it, when the output cannot be written or
+    already holds another run."""
+    existing = [out / n for n in ("latest", "best", "log.jsonl", "summary.json", "latest.old")]
+    if not resuming and any(p.exists() for p in existing):
+        if not overwrite:
+            raise ValueError(f"--out {out} already holds a run; continue it with --resume {out}, "
+                             f"replace it with --overwrite true, or choose another --out")
+        for p in existing + [out / "curves.png", out / "tensorboard"]:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"

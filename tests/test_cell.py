@@ -128,3 +128,24 @@ def test_gates_are_in_range():
         assert g.min() >= 0 and g.max() <= 1
     for g in (tr.c_tilde, tr.h):
         assert g.min() >= -1 and g.max() <= 1
+
+
+def test_reset_mask_equals_readable_steps_with_zeroed_state_and_gradients_match():
+    torch.manual_seed(5)
+    cell = LSTMCell(3, 4).double()
+    T, B = 7, 3
+    x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(B, 4, dtype=torch.float64, requires_grad=True)
+    keep = torch.ones(T, B, 1, dtype=torch.float64)
+    keep[0, 1] = keep[3, 0] = keep[5, 2] = 0  # documents start there
+    hs, (h, c), _ = cell.sequence(x, (h0, c0), keep=keep)
+    hh, cc, ref = h0, c0, []
+    for t in range(T):
+        hh, cc = hh * keep[t], cc * keep[t]
+        step = cell(x[t], (hh, cc))
+        hh, cc = step.h, step.c
+        ref.append(hh)
+    torch.testing.assert_close(hs, torch.stack(ref))
+    W, b = (t.detach().clone().requires_grad_() for t in cell.fused())
+    assert torch.autograd.gradcheck(lambda *a: _Sequence.apply(*a, keep)[:3], (x, h0, c0, W, b))

@@ -167,3 +167,35 @@ def test_tokenizer_specs_and_normalize_options_reach_the_tokenizer(capsys):
     with pytest.raises(SystemExit):
         load_config(["--normalize", "latin=upper"])
     assert "choose one of keep, lower, drop" in capsys.readouterr().err
+
+
+def test_out_with_a_run_is_refused_unless_resumed_or_overwritten(text_corpus, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert run(text_corpus, out, "--max-steps", "5") == 0
+    assert run(text_corpus, out, "--max-steps", "5") == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert run(text_corpus, out, "--max-steps", "7", "--overwrite", "true") == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 7
+
+
+def test_time_budget_counts_per_invocation_and_resume_writes_in_place(text_corpus, tmp_path):
+    out = tmp_path / "tb"
+    assert run(text_corpus, out, "--max-steps", "5") == 0
+    state = checkpoint.load_trainer_state(out / "latest")
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    # the saved run has a time budget of 0.001 min already "spent"; a new budget starts now
+    assert main(["--resume", str(moved), "--max-steps", "12", "--time-budget", "5"]) == 0
+    assert checkpoint.load_trainer_state(moved / "latest")["step"] == 12 > state["step"]
+
+
+def test_wrong_types_in_a_config_file_are_one_line_errors(tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('bptt = "35"\n')
+    with pytest.raises(SystemExit):
+        load_config(["--config", str(toml)])
+    assert "bptt must be int, got '35'" in capsys.readouterr().err
+    toml.write_text('[normalize]\ncolour = true\n')
+    with pytest.raises(SystemExit):
+        load_config(["--config", str(toml)])
+    assert "unknown normalization option(s): colour" in capsys.readouterr().err
