@@ -4,7 +4,7 @@
     python scripts/benchmark.py e2e             # training tokens/s at a 50k vocabulary vs word_language_model's setup
     python scripts/benchmark.py pipeline        # normalize+tokenize words/s on SaudiNewsNet, 1 core and all cores
     python scripts/benchmark.py inference --checkpoint runs/hadith
-    python scripts/benchmark.py quality --minutes 30   # SaudiNewsNet: arlm vs Kneser-Ney 3/5-gram
+    python scripts/benchmark.py quality --minutes 30 [-- arlm.train flags]   # SaudiNewsNet: arlm vs Kneser-Ney 3/5-gram
     python scripts/benchmark.py memory          # peak RSS of training on 1x and 10x a corpus (memory-mapped)
 
 Every part prints a table and writes JSON under --out (default bench/). Speed is always
@@ -224,7 +224,7 @@ def bench_quality(args) -> dict:
 
     out = Path(args.out) / "quality"
     run_dir = out / "arlm"
-    cmd = [sys.executable, "-m", "arlm.train", "--corpus", args.corpus, "--out", str(run_dir),
+    cmd = [sys.executable, "-m", "arlm.train", "--corpus", args.corpus, "--out", str(run_dir), "--overwrite", "true",
            "--time-budget", str(args.minutes), "--epochs", "100", "--vocab-size", str(args.vocab), *args.train_args]
     print("$", " ".join(cmd), flush=True)
     t = time.time()
@@ -322,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="runs/hadith", help="inference: checkpoint (default: runs/hadith)")
     p.add_argument("--minutes", type=float, default=30, help="quality: training budget (default: 30)")
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
-    p.add_argument("train_args", nargs="*", help="quality: extra arguments for arlm.train (after --)")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)  # quality: anything else goes to arlm.train
+    args.train_args = [a for a in extra if a != "--"]
+    if args.train_args and args.part != "quality":
+        p.error(f"unrecognized arguments: {' '.join(args.train_args)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = globals()[f"bench_{args.part}"](args)

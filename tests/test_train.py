@@ -199,3 +199,23 @@ def test_wrong_types_in_a_config_file_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         load_config(["--config", str(toml)])
     assert "unknown normalization option(s): colour" in capsys.readouterr().err
+
+
+def test_ntasgd_switches_to_averaging_and_resumes_exactly(text_corpus, tmp_path):
+    common = ["--optimizer", "ntasgd", "--lr", "20", "--nonmono", "1", "--eval-interval", "5", "--early-stop", "0"]
+    a, c = tmp_path / "a", tmp_path / "c"
+    assert run(text_corpus, a, *common, "--max-steps", "30") == 0
+    state = checkpoint.load_trainer_state(a / "latest")
+    assert state["asgd"]  # a large SGD step overshoots: valid stalls once and averaging starts
+    assert run(text_corpus, c, *common, "--max-steps", "15") == 0
+    assert main(["--resume", str(c), "--max-steps", "30"]) == 0
+    wa, wc = weights(a), weights(c)
+    for k in wa:
+        torch.testing.assert_close(wc[k], wa[k], atol=1e-6, rtol=0)
+
+
+def test_early_stop_after_n_evaluations_without_improvement(text_corpus, tmp_path):
+    out = tmp_path / "es"
+    assert run(text_corpus, out, "--lr", "1e-9", "--eval-interval", "2", "--early-stop", "2", "--max-steps", "200") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"].startswith("early stop") and summary["steps"] < 200
