@@ -65,7 +65,7 @@ class TrainConfig:
     dropout_embedding: float = 0.05     # drop whole words from the embedding matrix
     weight_drop: float = 0.1            # DropConnect on hidden-to-hidden weights
     tie_weights: bool = True
-    softmax: str = "adaptive"           # full | adaptive
+    softmax: str = "auto"               # auto (adaptive for words, full for subwords) | full | adaptive
     cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
     vectors: str = ""                   # pretrained word vectors (.vec text format) to initialize embeddings
     # optimization
@@ -101,9 +101,17 @@ class TrainConfig:
             vocab_size=vocab_size, emb_size=self.emb_size, hidden_size=self.hidden_size,
             num_layers=self.num_layers, dropout=self.dropout, dropout_input=self.dropout_input,
             dropout_hidden=self.dropout_hidden, dropout_embedding=self.dropout_embedding,
-            weight_drop=self.weight_drop, tie_weights=self.tie_weights, softmax=self.softmax,
+            weight_drop=self.weight_drop, tie_weights=self.tie_weights, softmax=self.resolved_softmax,
             cutoffs=list(self.cutoffs),
         )
+
+    @property
+    def resolved_softmax(self) -> str:
+        # The adaptive softmax needs ids ordered by frequency (the word vocabulary is);
+        # sentencepiece ids are not (its 256 byte pieces come first), so subwords get a full one.
+        if self.softmax == "auto":
+            return "adaptive" if self.tokenizer == "word" else "full"
+        return self.softmax
 
     def tokenizer_config(self) -> TokenizerConfig:
         return TokenizerConfig(kind=self.tokenizer, vocab_size=self.vocab_size, min_freq=self.min_freq,
@@ -111,7 +119,7 @@ class TrainConfig:
 
 
 CHOICES = {
-    "tokenizer": ("word", "sentencepiece"), "sp_model": ("unigram", "bpe"), "softmax": ("full", "adaptive"),
+    "tokenizer": ("word", "sentencepiece"), "sp_model": ("unigram", "bpe"), "softmax": ("auto", "full", "adaptive"),
     "optimizer": ("adamw", "sgd", "ntasgd"), "device": ("auto", "cpu", "cuda", "mps"),
     "encoding_errors": ("strict", "replace"),
 }
@@ -136,7 +144,8 @@ HELP = {
     "dropout_embedding": "probability of dropping a whole word from the embedding matrix",
     "weight_drop": "DropConnect on the hidden-to-hidden weights",
     "tie_weights": "share the embedding matrix with the output layer",
-    "softmax": "full softmax, or adaptive softmax for large vocabularies",
+    "softmax": "full softmax, or adaptive softmax for large vocabularies; auto: adaptive for the word "
+               "tokenizer (frequency-ordered ids), full for sentencepiece",
     "cutoffs": "adaptive softmax cluster boundaries in frequency rank, comma-separated",
     "vectors": "initialize embeddings from word vectors in word2vec/fastText text format (.vec)",
     "optimizer": "AdamW, plain SGD, or NT-ASGD (SGD, then weight averaging once valid stops improving)",
@@ -417,7 +426,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.model = LanguageModel(cfg.model_config(self.tokenizer.vocab_size)).to(self.device)
-        if cfg.vectors:
+        if cfg.vectors and not cfg.resume:  # a resumed run has its trained embeddings
             self._load_vectors()
         self.net = self.model
         if self.world > 1:
@@ -465,20 +474,34 @@ class Trainer:
         if not (latest / "config.json").exists() and (run_dir / "latest.old" / "config.json").exists():
             latest = run_dir / "latest.old"  # a crash between the two renames of a save
         model, tokenizer, _ = checkpoint.load(latest, self.device)
-        if tokenizer.vocab_size != self.tokenizer.vocab_size:
-            raise checkpoint.CheckpointError(f"{latest}: its vocabulary does not match the corpus cache; resume with the same corpus and tokenizer settings")
-        self.model.load_state_dict(model.state_dict())
+        same_vocab = (getattr(tokenizer, "itos", None) == getattr(self.tokenizer, "itos", None)
+                      and getattr(tokenizer, "model_proto", None) == getattr(self.tokenizer, "model_proto", None))
+        if not same_vocab:
+            raise checkpoint.CheckpointError(
+                f"{latest}: its vocabulary is not the one this corpus and these tokenizer settings give; "
+                f"resume with the run's own --corpus and tokenizer settings")
+        try:
+            self.model.load_state_dict(model.state_dict())
+        except RuntimeError:
+            raise checkpoint.CheckpointError(
+                f"{latest}: the saved model has other sizes than these settings ({model.config.to_dict()}); "
+                f"resume without changing model sizes") from None
         st = checkpoint.load_trainer_state(latest)
         if st.get("asgd"):
             self.optimizer = self._optimizer("asgd")
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.step, self.epoch, self.pos = st["step"], st["epoch"], st["pos"]
-        self.state = (st["h"].to(self.device), st["c"].to(self.device)) if st.get("h") is not None else None
+        # Under DDP only rank 0's streams' state was saved; other ranks restart theirs from
+        # zero (with the reset at every document start, that changes only a few tokens).
+        if st.get("h") is not None and self.world == 1:
+            self.state = (st["h"].to(self.device), st["c"].to(self.device))
         self.best, self.best_saved, self.bad_evals = st["best"], st["best_saved"], st["bad_evals"]
         self.history = json.loads(st["history"])
         self.tokens_seen, self.train_seconds = st["tokens_seen"], st["train_seconds"]
         torch.set_rng_state(st["torch_rng"])
+        if st.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["cuda_rng"])
         self.rng.bit_generator.state = json.loads(st["numpy_rng"])
         if self.main:
             print(f"resuming {run_dir} at step {self.step} (epoch {self.epoch + 1})", file=sys.stderr)
@@ -494,6 +517,7 @@ class Trainer:
             "best": self.best, "best_saved": self.best_saved, "bad_evals": self.bad_evals, "history": json.dumps(self.history),
             "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
             "torch_rng": torch.get_rng_state(), "numpy_rng": json.dumps(self.rng.bit_generator.state),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "asgd": isinstance(self.optimizer, torch.optim.ASGD),
         }
 

@@ -219,3 +219,18 @@ def test_early_stop_after_n_evaluations_without_improvement(text_corpus, tmp_pat
     assert run(text_corpus, out, "--lr", "1e-9", "--eval-interval", "2", "--early-stop", "2", "--max-steps", "200") == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stop_reason"].startswith("early stop") and summary["steps"] < 200
+
+
+def test_resume_refuses_other_model_sizes_and_other_vocabularies(text_corpus, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run(text_corpus, out, "--max-steps", "5") == 0
+    assert main(["--resume", str(out), "--hidden-size", "32", "--max-steps", "8"]) == 2
+    assert "other sizes than these settings" in capsys.readouterr().err
+    assert main(["--resume", str(out), "--vocab-size", "20", "--max-steps", "8"]) == 2
+    assert "its vocabulary is not the one" in capsys.readouterr().err
+
+
+def test_softmax_auto_is_adaptive_for_words_and_full_for_subwords():
+    assert load_config([]).resolved_softmax == "adaptive"
+    assert load_config(["--tokenizer", "sentencepiece"]).resolved_softmax == "full"
+    assert load_config(["--tokenizer", "sentencepiece", "--softmax", "adaptive"]).resolved_softmax == "adaptive"
