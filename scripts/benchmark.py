@@ -6,6 +6,7 @@
     python scripts/benchmark.py inference --checkpoint runs/hadith
     python scripts/benchmark.py quality --minutes 30 [-- arlm.train flags]   # SaudiNewsNet: arlm vs Kneser-Ney 3/5-gram
     python scripts/benchmark.py memory          # peak RSS of training on 1x and 10x a corpus (memory-mapped)
+    python scripts/benchmark.py soak --checkpoint runs/hadith   # 1,000 requests from 4 threads
 
 Every part prints a table and writes JSON under --out (default bench/). Speed is always
 reported as a ratio against a reference timed in the same process, interleaved, so a
@@ -213,6 +214,46 @@ def bench_inference(args) -> dict:
     return {"rows": [row], "sample": text[:200]}
 
 
+def bench_soak(args) -> dict:
+    """1,000 mixed requests through one loaded model from 4 threads: no errors, the same
+    answers as one thread, memory that does not grow."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import arlm
+
+    lm = arlm.load(args.checkpoint)
+    prompts = ["قال رسول الله", "حدثنا", "", "؟ ! .", "كلمه_غير_معروفه اخري", "عن ابي هريره قال"]
+
+    def request(n: int):
+        p = prompts[n % len(prompts)]
+        kind = n % 4
+        if kind == 0:
+            return lm.predict_next(p, k=5)
+        if kind == 1:
+            return lm.generate(p, max_new_tokens=8, seed=n, temperature=0.8, top_p=0.9)
+        if kind == 2:
+            return lm.beam_search(p, beam_size=3, max_new_tokens=5)
+        return round(lm.score(p or "قال")["perplexity"], 6)
+
+    n = args.requests
+    t = time.perf_counter()
+    expected = [request(i) for i in range(n)]
+    t_one = time.perf_counter() - t
+    rss = []
+    with ThreadPoolExecutor(4) as pool:
+        t = time.perf_counter()
+        got = []
+        for start in range(0, n, n // 5):
+            got += list(pool.map(request, range(start, min(n, start + n // 5))))
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        t_four = time.perf_counter() - t
+    same = sum(a == b for a, b in zip(got, expected))
+    row = {"requests": n, "threads": 4, "identical answers": f"{same}/{n}", "1 thread s": t_one, "4 threads s": t_four,
+           "peak RSS MB (per fifth)": " ".join(f"{r:.0f}" for r in rss)}
+    print(table([row], list(row)))
+    return {"rows": [row], "errors": 0, "identical": same == n}
+
+
 # --- 5. quality --------------------------------------------------------------------
 
 
@@ -289,13 +330,16 @@ def bench_memory(args) -> dict:
             for k in range(copies):
                 for d in base["train"] + base["valid"] + base["test"]:
                     f.write(f"{d} {k}\n" if copies > 1 else d + "\n")
+        # build the token cache first, so the measured run only trains
         subprocess.run([sys.executable, "-m", "arlm.train", "--corpus", str(path), "--out", str(work / "prep"),
-                        "--max-steps", "1", "--eval-interval", "0", "--time-budget", "0"], capture_output=True)
+                        "--overwrite", "true", "--max-steps", "1", "--eval-interval", "0", "--time-budget", "0"],
+                       capture_output=True)
         code = ("import resource,sys; from arlm.train import main; main(sys.argv[1:]); "
                 "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
         proc = subprocess.run([sys.executable, "-c", code, "--corpus", str(path), "--out", str(work / f"run{copies}"),
-                               "--max-steps", str(args.steps), "--eval-interval", "0", "--time-budget", "0",
-                               "--epochs", "1"], capture_output=True, text=True)
+                               "--overwrite", "true", "--max-steps", str(args.steps), "--eval-interval", "0",
+                               "--time-budget", "0", "--epochs", "1", "--eval-tokens", "20000"],
+                              capture_output=True, text=True)
         peak = int(proc.stdout.strip().split("PEAK")[-1]) / 1024
         size = path.stat().st_size / 2**20
         rows.append({"corpus": f"{copies}x {args.corpus}", "text MB": size, "steps": args.steps, "peak RSS MB": peak})
@@ -305,7 +349,7 @@ def bench_memory(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "memory"])
+    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "memory", "soak"])
     p.add_argument("--out", default="bench", help="folder for JSON results (default: bench)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (default: 10)")
@@ -322,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="runs/hadith", help="inference: checkpoint (default: runs/hadith)")
     p.add_argument("--minutes", type=float, default=30, help="quality: training budget (default: 30)")
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
+    p.add_argument("--requests", type=int, default=1000, help="soak: requests (default: 1000)")
     args, extra = p.parse_known_args(argv)  # quality: anything else goes to arlm.train
     args.train_args = [a for a in extra if a != "--"]
     if args.train_args and args.part != "quality":
