@@ -3,7 +3,8 @@
 Training lays the stream out as `n_streams` contiguous rows (stream b continues where
 stream b-1 stops), and walks them left to right in windows of `bptt` steps, so the
 hidden state at the end of one window is the right starting state for the next.
-Works on memory-mapped arrays: only the current window is ever copied into memory.
+Training works on memory-mapped arrays: only the current window is copied into memory.
+(Evaluation builds its input/target rows for the whole valid or test split: 16 bytes a token.)
 """
 
 from __future__ import annotations
