@@ -53,3 +53,13 @@ def hadith_texts(n: int = 2000) -> list[str]:
     from arlm.corpus import _package_documents, resolve
 
     return [t for _, t in zip(range(n), (text for _, text in _package_documents(resolve("hadith"), "strict")))]
+
+
+# Sentences with punctuation, digits, the article and a question: for gate recording tests.
+GATE_TEXTS = [
+    "قال رسول الله صلى الله عليه وسلم: إنما الأعمال بالنيات.",
+    "حدثنا عبد الله بن يوسف، قال: أخبرنا مالك عن نافع.",
+    "كتب الطالب الدرس في الكتاب سنة 2015 في المدينة.",
+    "ذهب الرجل إلى السوق واشترى الخبز والتمر.",
+    "قال النبي: الدين النصيحة، قلنا: لمن؟",
+]

@@ -16,14 +16,8 @@ from arlm import gates
 from arlm.gates import GATES, CorpusStats
 from arlm.model import LanguageModel, ModelConfig
 from arlm.tokenizer import TokenizerConfig, WordTokenizer, count_words
+from conftest import GATE_TEXTS as TEXTS
 
-TEXTS = [
-    "قال رسول الله صلى الله عليه وسلم: إنما الأعمال بالنيات.",
-    "حدثنا عبد الله بن يوسف، قال: أخبرنا مالك عن نافع.",
-    "كتب الطالب الدرس في الكتاب سنة 2015 في المدينة.",
-    "ذهب الرجل إلى السوق واشترى الخبز والتمر.",
-    "قال النبي: الدين النصيحة، قلنا: لمن؟",
-]
 
 
 def tiny_model(tok, **overrides) -> LanguageModel:

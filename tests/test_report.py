@@ -21,14 +21,8 @@ from arlm import checkpoint, gates, report
 from arlm.gates import GATES
 from arlm.model import LanguageModel, ModelConfig
 from arlm.tokenizer import TokenizerConfig, WordTokenizer, count_words
+from conftest import GATE_TEXTS as TEXTS
 
-TEXTS = [
-    "قال رسول الله صلى الله عليه وسلم: إنما الأعمال بالنيات.",
-    "حدثنا عبد الله بن يوسف، قال: أخبرنا مالك عن نافع.",
-    "كتب الطالب الدرس في الكتاب سنة 2015 في المدينة.",
-    "ذهب الرجل إلى السوق واشترى الخبز والتمر.",
-    "قال النبي: الدين النصيحة، قلنا: لمن؟",
-]
 SENTENCE = "قال رسول الله صلى الله عليه وسلم"
 EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> قال'
 CHROMIUM = "/usr/bin/chromium"
