@@ -104,12 +104,24 @@ class LSTMCell(nn.Module):
     def fused(self, weight_drop: float = 0.0) -> tuple[Tensor, Tensor]:
         """The four gates stacked in the order f, i, c̃, o: W (4H, H + I) and b (4H).
         The columns keep the [h_{t-1}, x_t] order of the named weights; gradients flow
-        back to them. `weight_drop` applies DropConnect to the h columns (AWD-LSTM)."""
+        back to them. `weight_drop` applies DropConnect to the h columns (AWD-LSTM).
+
+        Without gradients (evaluation, generation) the stacked copy is kept and reused until
+        a weight changes, so reading one token at a time does not copy the weights each time."""
+        inference = not torch.is_grad_enabled()
+        if inference:
+            key = tuple((p.data_ptr(), p._version) for p in (self.W_f, self.W_i, self.W_c, self.W_o,
+                                                             self.b_f, self.b_i, self.b_c, self.b_o))
+            cached = getattr(self, "_fused_cache", None)
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
         W = torch.cat([self.W_f, self.W_i, self.W_c, self.W_o], dim=0)
         b = torch.cat([self.b_f, self.b_i, self.b_c, self.b_o])
         if weight_drop > 0 and self.training:
             H = self.hidden_size
             W = torch.cat([F.dropout(W[:, :H], weight_drop), W[:, H:]], dim=1)
+        elif inference:
+            self._fused_cache = (key, W, b)  # replaced whole: safe to read from several threads
         return W, b
 
     def sequence(
@@ -125,7 +137,9 @@ class LSTMCell(nn.Module):
         pass, so recording gates costs nothing extra)."""
         W, b = self.fused(weight_drop)
         h0, c0 = state
-        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b, keep)
+        # Without gradients W is the cached stacked weight, and what the loop builds from it
+        # (a contiguous or oneDNN-packed copy) can be kept on it too.
+        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b, keep, not torch.is_grad_enabled())
         H = self.hidden_size
         trace = Trace(gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :], cs, hs.detach())
         return hs, (h, c), trace
@@ -153,11 +167,21 @@ class _Times:
     CPU kernel gets its speed, too). Elsewhere (CUDA, float64, short windows) it is
     torch.addmm / torch.mm."""
 
-    def __init__(self, M: Tensor, batch: int, steps: int):
+    def __init__(self, M: Tensor, batch: int, steps: int, cache_on: Tensor | None = None):
+        # `cache_on`: a fused weight reused across calls (inference) keeps what is built
+        # here, per batch size, so reading a prompt or one token pays no copy or packing.
+        store = getattr(cache_on, "_arlm_times", None) if cache_on is not None else None
+        pack = _ONEDNN and M.device.type == "cpu" and M.dtype == torch.float32 and steps >= 4
+        key = (batch, pack)
+        if store is not None and key in store:
+            self.M, self.packed = store[key]
+            return
         self.M = M.contiguous()
-        self.packed = None
-        if _ONEDNN and M.device.type == "cpu" and M.dtype == torch.float32 and steps >= 4:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.M, batch)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.M, batch) if pack else None
+        if cache_on is not None:
+            if store is None:
+                store = cache_on._arlm_times = {}
+            store[key] = (self.M, self.packed)
 
     def __call__(self, x: Tensor, add: Tensor | None = None) -> Tensor:
         if self.packed is not None:
@@ -172,13 +196,13 @@ class _Sequence(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # the recurrence stays float32 under autocast
-    def forward(ctx, x, h0, c0, W, b, keep=None):
+    def forward(ctx, x, h0, c0, W, b, keep=None, reuse=False):
         T, B, _ = x.shape
         H = h0.shape[1]
         W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
         # The input half of every gate, for all steps at once: (T, B, 4H).
         gx = torch.addmm(b, x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
-        times_W_h = _Times(W_h, B, T)
+        times_W_h = _Times(W_h, B, T, cache_on=W if reuse else None)
         gates = torch.empty_like(gx)                         # f, i, c̃, o after σ / tanh
         cs = x.new_empty(T, B, H)
         hs = x.new_empty(T, B, H)
@@ -248,4 +272,4 @@ class _Sequence(torch.autograd.Function):
             d_W = dG2.t() @ hx.view(T * B, -1)
         if ctx.needs_input_grad[4]:
             d_b = dG2.sum(0)
-        return d_x, dh, dc, d_W, d_b, None
+        return d_x, dh, dc, d_W, d_b, None, None

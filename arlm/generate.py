@@ -294,7 +294,11 @@ class Predictor:
         # Sampled on the CPU, row by row with each prompt's own generator, so a seed gives
         # the same text whatever the device and whatever else is in the batch.
         probs = logits.softmax(-1).float().cpu()
-        picks = [torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators)]
+        # Inverse-CDF sampling: one uniform number per row from the prompt's own generator
+        # (multinomial draws V exponentials per sample: ~0.5 ms at a 25k vocabulary).
+        cdf = probs.cumsum(-1)
+        picks = [torch.searchsorted(row, torch.rand(1, generator=g) * row[-1]).clamp_(max=row.numel() - 1)
+                 for row, g in zip(cdf, generators)]
         return torch.cat(picks).to(self.device)
 
     # --- beam search -------------------------------------------------------------------
