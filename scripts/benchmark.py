@@ -6,6 +6,7 @@
     python scripts/benchmark.py inference --checkpoint runs/hadith
     python scripts/benchmark.py quality --minutes 30 [-- arlm.train flags]   # SaudiNewsNet: arlm vs Kneser-Ney 3/5-gram
     python scripts/benchmark.py memory          # peak RSS of training on 1x and 10x a corpus (memory-mapped)
+    python scripts/benchmark.py cache           # token cache of a 1 GB text file: time, peak memory
     python scripts/benchmark.py soak --checkpoint runs/hadith   # 1,000 requests from 4 threads
 
 Every part prints a table and writes JSON under --out (default bench/). Speed is always
@@ -214,6 +215,33 @@ def bench_inference(args) -> dict:
     return {"rows": [row], "sample": text[:200]}
 
 
+def bench_cache(args) -> dict:
+    """Build the token cache of a ~1 GB text file (the hadith corpus repeated, each copy's
+    documents tagged so they stay distinct): time and peak memory of the streaming build."""
+    from arlm.corpus import documents, prepare, resolve
+    from arlm.tokenizer import TokenizerConfig
+
+    base = documents(resolve("hadith"))
+    docs = base["train"] + base["valid"] + base["test"]
+    work = Path(args.out) / "cache"
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"corpus-{args.megabytes}mb.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        k = 0
+        while f.tell() < args.megabytes * 2**20:
+            for d in docs:
+                f.write(f"{d} {k}\n")
+            k += 1
+    t = time.time()
+    p = prepare(str(path), TokenizerConfig(), cache_dir=work / "ids", verbose=True)
+    row = {"text MB": path.stat().st_size / 2**20, "tokens": len(p.train) + len(p.valid) + len(p.test),
+           "seconds": time.time() - t, "words/s": p.stats["words_per_second"],
+           "peak RSS MB (main)": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "peak RSS MB (workers)": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    print(table([row], list(row)))
+    return {"rows": [row]}
+
+
 def bench_soak(args) -> dict:
     """1,000 mixed requests through one loaded model from 4 threads: no errors, the same
     answers as one thread, memory that does not grow."""
@@ -349,7 +377,7 @@ def bench_memory(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "memory", "soak"])
+    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "memory", "cache", "soak"])
     p.add_argument("--out", default="bench", help="folder for JSON results (default: bench)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (default: 10)")
@@ -367,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=30, help="quality: training budget (default: 30)")
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
     p.add_argument("--requests", type=int, default=1000, help="soak: requests (default: 1000)")
+    p.add_argument("--megabytes", type=int, default=1024, help="cache: size of the text file (default: 1024)")
     args, extra = p.parse_known_args(argv)  # quality: anything else goes to arlm.train
     args.train_args = [a for a in extra if a != "--"]
     if args.train_args and args.part != "quality":
