@@ -116,17 +116,25 @@ def _hash_split(text: str, valid: float, test: float) -> str:
     return "valid" if u < valid else "test" if u < valid + test else "train"
 
 
+REPLACED: Counter = Counter()  # file → invalid UTF-8 sequences replaced (errors="replace")
+
+
 def _lines(path: Path, errors: str) -> Iterator[str]:
-    """Decode a file line by line, naming the byte offset of the first invalid byte."""
+    """Decode a file line by line, naming the byte offset of the first invalid byte, or with
+    errors="replace" substituting U+FFFD and counting the replacements in REPLACED."""
     offset = 0
     with open(path, "rb") as f:
         for raw in f:
             try:
-                yield raw.decode("utf-8", errors)
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise CorpusError(
-                    f"{path}: not UTF-8 at byte {offset + e.start}; re-encode it or pass --encoding-errors replace"
-                ) from None
+                if errors != "replace":
+                    raise CorpusError(
+                        f"{path}: not UTF-8 at byte {offset + e.start}; re-encode it or pass --encoding-errors replace"
+                    ) from None
+                text = raw.decode("utf-8", "replace")
+                REPLACED[str(path)] += text.count("\ufffd") - raw.count("\ufffd".encode())
+            yield text
             offset += len(raw)
 
 
@@ -437,6 +445,7 @@ def prepare(
 
     # Pass 1: the vocabulary (word counts, or a sentencepiece model) from train.
     t0 = time.time()
+    REPLACED.clear()
     counts: Counter = Counter()
     n_docs: Counter = Counter()
     if tok_cfg.kind == "word":
@@ -447,6 +456,10 @@ def prepare(
     else:
         for split, _ in _stream(card, encoding_errors):
             n_docs[split] += 1
+    replaced = dict(REPLACED)
+    if replaced and verbose:
+        print(f"warning: replaced {sum(replaced.values()):,} invalid UTF-8 sequence(s) with U+FFFD in "
+              f"{len(replaced)} file(s), e.g. {next(iter(replaced))}", file=sys.stderr)
     if not sum(n_docs.values()):
         raise CorpusError(f"{where}: no text found (empty or whitespace only); expected Arabic text documents")
     if not all(n_docs.get(s) for s in SPLITS) and sum(n_docs.values()) < 3:
@@ -501,7 +514,7 @@ def prepare(
         "arabic_share": arabic_share(" ".join(sample)),
         "seconds": {"vocab": t_vocab, "encode": t_encode},
         "words_per_second": words / t_encode if t_encode > 0 else None,
-        "whitespace_words": words, "workers": workers,
+        "whitespace_words": words, "workers": workers, "replaced_invalid_utf8": replaced,
     }
     tok.save(directory)
     (directory / "meta.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))

@@ -67,6 +67,10 @@ def test_invalid_utf8_names_file_and_byte_offset_or_is_replaced(tmp_path):
         documents(resolve(str(bad)))
     got = sum(documents(resolve(str(bad)), "replace").values(), [])
     assert "abc \ufffd\ufffd def" in got
+    corpus.REPLACED.clear()
+    for _ in corpus._lines(bad, "replace"):
+        pass
+    assert corpus.REPLACED == {str(bad): 2}  # the two invalid bytes are counted
 
 
 def test_unknown_corpus_lists_the_cards():
