@@ -633,7 +633,7 @@ class Trainer:
                    disable=not self.main or None, desc="training")
         self._recent_loss = float("nan")
         loss_sum, loss_n = 0.0, 0
-        t_start, tokens_start = time.time(), self.tokens_seen
+        t_start, tokens_start, step_start = time.time(), self.tokens_seen, self.step
         seconds_before = self.train_seconds
         while not self.stop_reason:
             if self.pos >= self.rows.shape[1] - 1:  # no target left: epoch done, reset position and state
@@ -676,6 +676,14 @@ class Trainer:
                 rate = (self.tokens_seen - tokens_start) / max(time.time() - t_start, 1e-9)
                 bar.set_postfix(loss=f"{self._recent_loss:.3f}", ppl=f"{math.exp(min(self._recent_loss, 50)):.1f}",
                                 tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}", refresh=False)
+                if bar.disable and self.main and self.step % (cfg.log_interval * 10) == 0:
+                    # No terminal (a log file, nohup, CI): tqdm stays quiet, so say it in plain lines.
+                    left = (total - self.step) * (time.time() - t_start) / max(self.step - step_start, 1)
+                    if cfg.time_budget:
+                        left = min(left, cfg.time_budget * 60 - (self.train_seconds - seconds_before))
+                    print(f"step {self.step}/{total} | loss {self._recent_loss:.3f} | ppl "
+                          f"{math.exp(min(self._recent_loss, 50)):.1f} | {rate:,.0f} tokens/s | lr {lr:.1e} | "
+                          f"~{left / 60:.1f} min left", flush=True)
                 if self.step % cfg.log_interval == 0:
                     loss_sum, loss_n = 0.0, 0
             if self.step % eval_every == 0:

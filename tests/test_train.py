@@ -234,3 +234,9 @@ def test_softmax_auto_is_adaptive_for_words_and_full_for_subwords():
     assert load_config([]).resolved_softmax == "adaptive"
     assert load_config(["--tokenizer", "sentencepiece"]).resolved_softmax == "full"
     assert load_config(["--tokenizer", "sentencepiece", "--softmax", "adaptive"]).resolved_softmax == "adaptive"
+
+
+def test_plain_progress_lines_when_not_a_terminal(text_corpus, tmp_path, capsys):
+    assert run(text_corpus, tmp_path / "p", "--max-steps", "50", "--log-interval", "2") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 20/")]
+    assert lines and "tokens/s" in lines[0] and "min left" in lines[0]
