@@ -646,6 +646,9 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("--summary", action="store_true", help="print only the compact summary table")
     view.add_argument("--quiet", action="store_true", help="no step view or summary (files written and --stats still print)")
     p.add_argument("--json", metavar="FILE", help="write everything recorded as JSON")
+    p.add_argument("--stats-json", metavar="FILE",
+                   help="with --stats: write the saturation fractions (per layer, gate and unit) and the unit "
+                        "search ranking as JSON")
     p.add_argument("--csv", metavar="FILE", help="write long-format CSV: sentence, position, token, layer, gate, unit, value")
     p.add_argument("--npz", metavar="FILE", help="write padded NumPy arrays (sentences, layers, tokens, units)")
     p.add_argument("--plot", metavar="DIR", help="write PNG heatmaps (and the saturation scatter with --stats)")
@@ -750,7 +753,29 @@ def _run(args) -> int:
         print(format_search(results, stats))
         if args.plot:
             wrote(plot_saturation(stats, Path(args.plot) / "saturation.png"))
+        if args.stats_json:
+            wrote(write_stats_json(stats, results, args.stats_json))
     return 0
+
+
+def write_stats_json(stats: CorpusStats, results: dict[str, list[UnitScore]], path: str | Path) -> Path:
+    """Saturation (left/right fractions per layer, sigmoid gate and unit) and the unit-search
+    ranking per property, as plain JSON."""
+    from dataclasses import asdict
+
+    payload = {
+        "steps": stats.steps,
+        "thresholds": {"left": LOW, "right": HIGH},
+        "saturation": {
+            f"layer{l + 1}": {g: {"left": stats.left[l, k].tolist(), "right": stats.right[l, k].tolist()}
+                              for k, g in enumerate(SIGMOID_GATES)}
+            for l in range(stats.left.shape[0])
+        },
+        "unit_search": {prop: [asdict(u) for u in scores] for prop, scores in results.items()},
+    }
+    path = Path(path)
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

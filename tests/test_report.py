@@ -297,8 +297,14 @@ def test_cli_file_summary_and_stats(trained, tmp_path):
     (tmp_path / "corpus.txt").write_text("\n".join(TEXTS * 4), encoding="utf-8")
     status, out, err = run_cli("--checkpoint", directory, "--file", tmp_path / "in.txt", "--summary", "--stats",
                                "--corpus", tmp_path / "corpus.txt", "--max-tokens", 120, "--regex", "^قال$",
-                               "--search-gates", "c,h,o", "--plot", tmp_path / "plots")
+                               "--search-gates", "c,h,o", "--plot", tmp_path / "plots", "--stats-json", tmp_path / "s.json")
     assert status == 0, err
+    saved = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    assert saved["steps"] == 120 and set(saved["saturation"]) == {"layer1", "layer2"}
+    left = saved["saturation"]["layer1"]["f"]["left"]
+    assert len(left) == len(saved["saturation"]["layer1"]["f"]["right"]) == H
+    assert all(0 <= v <= 1 for v in left)
+    assert saved["unit_search"]["punctuation"][0]["layer"] in (1, 2)
     assert "sentence 2: ذهب" in out and "reading" not in out  # summary only
     assert "saturation over 120 steps" in out and "unit search over" in out
     for name in ("article ال", "punctuation", "digits", "position", "regex ^قال$"):
