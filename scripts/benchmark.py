@@ -5,6 +5,7 @@
     python scripts/benchmark.py pipeline        # normalize+tokenize words/s on SaudiNewsNet, 1 core and all cores
     python scripts/benchmark.py inference --checkpoint runs/hadith
     python scripts/benchmark.py quality --minutes 30 [-- arlm.train flags]   # SaudiNewsNet: arlm vs Kneser-Ney 3/5-gram
+    python scripts/benchmark.py reference --minutes 30   # the word_language_model setup on the same tokens
     python scripts/benchmark.py memory          # peak RSS of training on 1x and 10x a corpus (memory-mapped)
     python scripts/benchmark.py cache           # token cache of a 1 GB text file: time, peak memory
     python scripts/benchmark.py soak --checkpoint runs/hadith   # 1,000 requests from 4 threads
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -319,6 +321,80 @@ def bench_quality(args) -> dict:
     return {"rows": rows, "command": " ".join(cmd), "wall_seconds": wall}
 
 
+def bench_reference(args) -> dict:
+    """The pytorch/examples word_language_model setup on the quality benchmark's tokens, for
+    the same wall-clock budget: embedding → nn.LSTM (2 × 256, dropout 0.2) → tied full
+    softmax, SGD lr 20 with clip 0.25, batch 20, bptt 35, state carried across everything.
+    Validation (first 200k valid tokens) every few minutes, its time not counted."""
+    from arlm import batching
+    from arlm.corpus import prepare
+    from arlm.tokenizer import TokenizerConfig
+
+    torch.manual_seed(0)
+    data = prepare(args.corpus, TokenizerConfig(vocab_size=args.vocab))
+    V, E = data.tokenizer.vocab_size, 256
+    emb, lstm, drop = nn.Embedding(V, E), nn.LSTM(E, E, 2, dropout=0.2), nn.Dropout(0.2)
+    dec = nn.Linear(E, V)
+    dec.weight = emb.weight
+    params = list(emb.parameters()) + list(lstm.parameters()) + [dec.bias]
+    opt = torch.optim.SGD(params, lr=20.0)
+    rows = batching.streams(np.asarray(data.train), 20)
+    valid = np.asarray(data.valid[:200_000], dtype=np.int64)
+
+    def run(x, state):
+        y, state = lstm(drop(emb(x)), state)
+        return dec(drop(y)), state
+
+    def evaluate(ids):
+        for m in (emb, lstm, drop):
+            m.eval()
+        x, y = batching.eval_streams(ids, 10, data.tokenizer.eos_id)
+        state, total, n = None, 0.0, 0
+        with torch.no_grad():
+            for s in range(0, x.shape[1], 35):
+                xx = torch.from_numpy(np.ascontiguousarray(x[:, s:s + 35].T))
+                yy = torch.from_numpy(np.ascontiguousarray(y[:, s:s + 35].T)).reshape(-1)
+                logits, state = run(xx, state)
+                keep = yy != batching.IGNORE
+                total += nn.functional.cross_entropy(logits.reshape(-1, V)[keep], yy[keep], reduction="sum").item()
+                n += int(keep.sum())
+        for m in (emb, lstm, drop):
+            m.train()
+        return math.exp(total / n)
+
+    log, trained, state, pos = [], 0.0, None, 0
+    next_eval = args.eval_minutes * 60
+    while trained < args.minutes * 60:
+        t = time.time()
+        if pos >= rows.shape[1] - 1:
+            pos, state = 0, None
+        x, y = batching.window(rows, pos, 35)
+        logits, state = run(x, state)
+        state = tuple(s.detach() for s in state)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.25)
+        opt.step()
+        pos += x.shape[0]
+        trained += time.time() - t
+        if trained >= next_eval or trained >= args.minutes * 60:
+            log.append({"seconds": trained, "valid_ppl": evaluate(valid)})
+            print(f"{trained / 60:5.1f} min  valid ppl {log[-1]['valid_ppl']:.1f}", flush=True)
+            next_eval += args.eval_minutes * 60
+    test = evaluate(np.asarray(data.test, dtype=np.int64))
+    out = Path(args.out) / "quality"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    if (out / "arlm" / "log.jsonl").exists():
+        _plot_valid_curve(out / "arlm" / "log.jsonl", out / "valid_vs_time.png",
+                          {"word_language_model setup": out / "reference.jsonl"})
+    row = {"model": "word_language_model setup (nn.LSTM 256×2, tied, full softmax, SGD)",
+           "valid ppl (first 200k)": log[-1]["valid_ppl"], "test ppl": test, "train minutes": trained / 60}
+    print(table([row], list(row)))
+    return {"rows": [row], "log": log}
+
+
 def _plot_valid_curve(log: Path, png: Path, extra: dict | None = None) -> None:
     import matplotlib
 
@@ -377,7 +453,7 @@ def bench_memory(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "memory", "cache", "soak"])
+    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "reference", "memory", "cache", "soak"])
     p.add_argument("--out", default="bench", help="folder for JSON results (default: bench)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (default: 10)")
@@ -392,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="saudinewsnet", help="pipeline/quality/memory: corpus (default: saudinewsnet)")
     p.add_argument("--max-docs", type=int, default=20000, help="pipeline: documents to process (default: 20000)")
     p.add_argument("--checkpoint", default="runs/hadith", help="inference: checkpoint (default: runs/hadith)")
-    p.add_argument("--minutes", type=float, default=30, help="quality: training budget (default: 30)")
+    p.add_argument("--minutes", type=float, default=30, help="quality/reference: training budget (default: 30)")
+    p.add_argument("--eval-minutes", type=float, default=6, help="reference: minutes between validations (default: 6)")
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
     p.add_argument("--requests", type=int, default=1000, help="soak: requests (default: 1000)")
     p.add_argument("--megabytes", type=int, default=1024, help="cache: size of the text file (default: 1024)")
