@@ -20,7 +20,11 @@ definition. `LSTMCell.sequence` runs the same equations over a whole window fast
   all time steps before the loop; inside the loop there is one product with h per step;
 * the backward pass is written by hand (`_Sequence.backward`): the recurrence runs
   backwards once, and the weight gradients are again one big product over all steps,
-  instead of autograd's many small ones.
+  instead of autograd's many small ones;
+* what is left of a step after its matrix product, σ/tanh, c and h (and their
+  derivatives going back), is one C loop on CPU float32 (arlm/lstm_step.c, built on
+  first use by arlm/kernel.py) instead of a dozen torch calls; elsewhere, or without a
+  C compiler, the same lines as torch operations below.
 
 Tests check that `sequence` equals step-by-step `forward`, that its gradients equal
 autograd's (and `torch.nn.LSTM`'s), and `gradcheck` in float64.
@@ -34,6 +38,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from arlm import kernel
 
 
 class Gates(NamedTuple):
@@ -158,6 +164,13 @@ def _onednn_works() -> bool:
 _ONEDNN = torch.backends.mkldnn.is_available() and _onednn_works()
 
 
+def _kernel_for(x: Tensor):
+    """The compiled element-wise step (arlm/kernel.py) when it applies: CPU float32."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    return kernel.load()
+
+
 class _Times:
     """y = x @ M^T (+ add), for the many small products of one weight inside a time loop.
 
@@ -201,25 +214,50 @@ class _Sequence(torch.autograd.Function):
         H = h0.shape[1]
         W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
         # The input half of every gate, for all steps at once: (T, B, 4H).
-        gx = torch.addmm(b, x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
+        lib = _kernel_for(x)
+        if lib is not None:  # the C step adds b itself, which saves writing it T times here
+            gx = torch.mm(x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
+        else:
+            gx = torch.addmm(b, x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
         times_W_h = _Times(W_h, B, T, cache_on=W if reuse else None)
         gates = torch.empty_like(gx)                         # f, i, c̃, o after σ / tanh
         cs = x.new_empty(T, B, H)
         hs = x.new_empty(T, B, H)
         tanh_cs = x.new_empty(T, B, H)
-        h, c = h0, c0
-        for t in range(T):
-            if keep is not None:                               # a document starts: forget it all
-                h, c = h * keep[t], c * keep[t]
-            z = times_W_h(h, add=gx[t])                        # W · [h_{t-1}, x_t] + b
-            g = gates[t]
-            torch.sigmoid(z[:, : 2 * H], out=g[:, : 2 * H])    # f, i
-            torch.tanh(z[:, 2 * H : 3 * H], out=g[:, 2 * H : 3 * H])  # c̃
-            torch.sigmoid(z[:, 3 * H :], out=g[:, 3 * H :])    # o
-            f, i, c_tilde, o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
-            c = torch.addcmul(f * c, i, c_tilde, out=cs[t])    # c_t = f ⊙ c_{t-1} + i ⊙ c̃_t
-            torch.tanh(c, out=tanh_cs[t])
-            h = torch.mul(o, tanh_cs[t], out=hs[t])            # h_t = o ⊙ tanh(c_t)
+        if lib is not None:  # the same step, its element-wise half in one C loop (arlm/lstm_step.c)
+            h0, c0 = h0.contiguous(), c0.contiguous()
+            if keep is not None:
+                keep = keep.to(torch.float32).contiguous()
+            h_in = h0 * keep[0] if keep is not None else h0
+            h_next = x.new_empty(B, H)  # h_t ⊙ keep_{t+1}: what the next product reads
+            n, n4 = B * H * 4, B * 4 * H * 4  # bytes of one step's state / gates
+            g_p, c_p, t_p, h_p, gx_p = gates.data_ptr(), cs.data_ptr(), tanh_cs.data_ptr(), hs.data_ptr(), gx.data_ptr()
+            k_p = keep.data_ptr() if keep is not None else None
+            b = b.contiguous()
+            b_p, threads = b.data_ptr(), torch.get_num_threads()
+            for t in range(T):
+                zh = times_W_h(h_in).contiguous()             # W_h · h_{t-1}; the C step adds W_x · x_t + b
+                c_prev = c0.data_ptr() if t == 0 else c_p + (t - 1) * n
+                k_next = k_p + (t + 1) * B * 4 if k_p is not None and t + 1 < T else None
+                lib.arlm_lstm_forward(threads, B, H, zh.data_ptr(), gx_p + t * n4, b_p, c_prev, k_p + t * B * 4 if k_p is not None else None,
+                                      g_p + t * n4, c_p + t * n, t_p + t * n, h_p + t * n,
+                                      k_next, h_next.data_ptr() if k_next is not None else None)
+                h_in = h_next if k_next is not None else hs[t]
+            h, c = hs[T - 1], cs[T - 1]
+        else:
+            h, c = h0, c0
+            for t in range(T):
+                if keep is not None:                               # a document starts: forget it all
+                    h, c = h * keep[t], c * keep[t]
+                z = times_W_h(h, add=gx[t])                        # W · [h_{t-1}, x_t] + b
+                g = gates[t]
+                torch.sigmoid(z[:, : 2 * H], out=g[:, : 2 * H])    # f, i
+                torch.tanh(z[:, 2 * H : 3 * H], out=g[:, 2 * H : 3 * H])  # c̃
+                torch.sigmoid(z[:, 3 * H :], out=g[:, 3 * H :])    # o
+                f, i, c_tilde, o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
+                c = torch.addcmul(f * c, i, c_tilde, out=cs[t])    # c_t = f ⊙ c_{t-1} + i ⊙ c̃_t
+                torch.tanh(c, out=tanh_cs[t])
+                h = torch.mul(o, tanh_cs[t], out=hs[t])            # h_t = o ⊙ tanh(c_t)
         ctx.save_for_backward(x, h0, c0, W, gates, cs, tanh_cs, hs, keep)
         ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)  # unused outputs (gates, cs) get None, not zeros
@@ -231,36 +269,56 @@ class _Sequence(torch.autograd.Function):
         x, h0, c0, W, gates, cs, tanh_cs, hs, keep = ctx.saved_tensors
         T, B, H = hs.shape
         W_h, W_x = W[:, :H], W[:, H:]
-        f, i, c_tilde, o = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
-        c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])  # the c_{t-1} each step read
-        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])
+        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])  # the h_{t-1} each step read
         if keep is not None:
-            c_prev, h_prev = c_prev * keep, h_prev * keep
-        # Everything that does not depend on the running gradient, for all steps at once:
-        # ∂c_t/∂(pre-activations) of f, i, c̃ and ∂h_t/∂(pre-activation of o).
-        P = torch.empty_like(gates)
-        torch.mul(c_prev, f * (1 - f), out=P[..., :H])                  # via f
-        torch.mul(c_tilde, i * (1 - i), out=P[..., H : 2 * H])          # via i
-        torch.mul(i, 1 - c_tilde * c_tilde, out=P[..., 2 * H : 3 * H])  # via c̃
-        torch.mul(tanh_cs, o * (1 - o), out=P[..., 3 * H :])            # via o
-        dtanh = o * (1 - tanh_cs * tanh_cs)                             # ∂h_t/∂c_t
+            h_prev = h_prev * keep
         dG = torch.empty_like(gates)
-        D = hs.new_empty(B, 4, H)  # the running gradient each gate acts through: (dc, dc, dc, dh)
-        dh = d_hT if d_hT is not None else hs.new_zeros(B, H)
-        dc = d_cT if d_cT is not None else hs.new_zeros(B, H)
         times_W_h_t = _Times(W_h.t(), B, T)                             # dh_{t-1} = dG_t W_h
-        for t in range(T - 1, -1, -1):
-            if d_hs is not None:
-                dh = dh + d_hs[t]
-            dc = torch.addcmul(dc, dh, dtanh[t])
-            # f, i and c̃ act through c; o acts through h.
-            D[:, :3] = dc.unsqueeze(1)
-            D[:, 3] = dh
-            torch.mul(P[t].view(B, 4, H), D, out=dG[t].view(B, 4, H))
-            dc = dc * f[t]
-            dh = times_W_h_t(dG[t])
+        lib = _kernel_for(hs)
+        if lib is not None:  # the element-wise half of each step in one C loop (arlm/lstm_step.c)
+            dh = d_hT.contiguous() if d_hT is not None else hs.new_zeros(B, H)
+            dc = d_cT.clone(memory_format=torch.contiguous_format) if d_cT is not None else hs.new_zeros(B, H)
+            d_hs = d_hs.contiguous() if d_hs is not None else None
+            n, n4 = B * H * 4, B * 4 * H * 4
+            g_p, c_p, t_p, dG_p = gates.data_ptr(), cs.data_ptr(), tanh_cs.data_ptr(), dG.data_ptr()
+            k_p = keep.data_ptr() if keep is not None else None
+            threads = torch.get_num_threads()
+            for t in range(T - 1, -1, -1):
+                lib.arlm_lstm_backward(threads, B, H, g_p + t * n4, c0.data_ptr() if t == 0 else c_p + (t - 1) * n,
+                                       k_p + t * B * 4 if k_p is not None else None, t_p + t * n, dh.data_ptr(),
+                                       k_p + (t + 1) * B * 4 if k_p is not None and t + 1 < T else None,
+                                       d_hs[t].data_ptr() if d_hs is not None else None, dc.data_ptr(), dG_p + t * n4)
+                dh = times_W_h_t(dG[t]).contiguous()
             if keep is not None:  # no gradient flows into the previous document
-                dh, dc = dh * keep[t], dc * keep[t]
+                dh, dc = dh * keep[0], dc * keep[0]
+        else:
+            f, i, c_tilde, o = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :]
+            c_prev = torch.cat([c0.unsqueeze(0), cs[:-1]])  # the c_{t-1} each step read
+            if keep is not None:
+                c_prev = c_prev * keep
+            # Everything that does not depend on the running gradient, for all steps at once:
+            # ∂c_t/∂(pre-activations) of f, i, c̃ and ∂h_t/∂(pre-activation of o).
+            P = torch.empty_like(gates)
+            torch.mul(c_prev, f * (1 - f), out=P[..., :H])                  # via f
+            torch.mul(c_tilde, i * (1 - i), out=P[..., H : 2 * H])          # via i
+            torch.mul(i, 1 - c_tilde * c_tilde, out=P[..., 2 * H : 3 * H])  # via c̃
+            torch.mul(tanh_cs, o * (1 - o), out=P[..., 3 * H :])            # via o
+            dtanh = o * (1 - tanh_cs * tanh_cs)                             # ∂h_t/∂c_t
+            D = hs.new_empty(B, 4, H)  # the running gradient each gate acts through: (dc, dc, dc, dh)
+            dh = d_hT if d_hT is not None else hs.new_zeros(B, H)
+            dc = d_cT if d_cT is not None else hs.new_zeros(B, H)
+            for t in range(T - 1, -1, -1):
+                if d_hs is not None:
+                    dh = dh + d_hs[t]
+                dc = torch.addcmul(dc, dh, dtanh[t])
+                # f, i and c̃ act through c; o acts through h.
+                D[:, :3] = dc.unsqueeze(1)
+                D[:, 3] = dh
+                torch.mul(P[t].view(B, 4, H), D, out=dG[t].view(B, 4, H))
+                dc = dc * f[t]
+                dh = times_W_h_t(dG[t])
+                if keep is not None:  # no gradient flows into the previous document
+                    dh, dc = dh * keep[t], dc * keep[t]
         dG2 = dG.view(T * B, 4 * H)
         d_x = (dG2 @ W_x).view_as(x) if ctx.needs_input_grad[0] else None
         d_W = d_b = None

@@ -2,8 +2,22 @@ import pytest
 import torch
 from torch import nn
 
+from arlm import kernel
 from arlm.cell import LSTMCell, _Sequence
 from arlm.model import StackedLSTM
+
+
+@pytest.fixture(params=["C step", "torch ops"])
+def path(request):
+    """Run a test on both implementations of a step's element-wise half: the compiled C
+    loop (arlm/lstm_step.c, the default) and the torch-operations fallback."""
+    kernel.set_enabled(request.param == "C step")
+    if request.param == "C step":
+        assert kernel.load() is not None, "the C step did not build: is a C compiler installed?"
+    else:
+        assert kernel.load() is None
+    yield request.param
+    kernel.set_enabled(True)
 
 
 def readable_run(cell: LSTMCell, x, h, c):
@@ -17,7 +31,7 @@ def readable_run(cell: LSTMCell, x, h, c):
 
 
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 4), (7, 5, 6, 9), (20, 3, 16, 8)])
-def test_fast_sequence_equals_readable_step(T, B, I, H):
+def test_fast_sequence_equals_readable_step(T, B, I, H, path):
     torch.manual_seed(T)
     cell = LSTMCell(I, H)
     x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
@@ -33,7 +47,7 @@ def test_fast_sequence_equals_readable_step(T, B, I, H):
     torch.testing.assert_close(trace.h, hs)
 
 
-def test_hand_written_backward_equals_autograd_of_the_readable_step():
+def test_hand_written_backward_equals_autograd_of_the_readable_step(path):
     torch.manual_seed(0)
     cell = LSTMCell(5, 6)
     x = torch.randn(9, 4, 5, requires_grad=True)
@@ -64,7 +78,7 @@ def test_gradcheck_float64():
 
 
 @pytest.mark.parametrize("layers,T,B,I,H", [(1, 4, 1, 3, 5), (2, 12, 4, 8, 16), (3, 6, 7, 10, 6)])
-def test_stack_matches_torch_lstm_outputs_states_and_all_gradients(layers, T, B, I, H):
+def test_stack_matches_torch_lstm_outputs_states_and_all_gradients(layers, T, B, I, H, path):
     torch.manual_seed(layers)
     ref = nn.LSTM(I, H, layers)
     ours = StackedLSTM.from_torch(ref)
@@ -149,3 +163,65 @@ def test_reset_mask_equals_readable_steps_with_zeroed_state_and_gradients_match(
     torch.testing.assert_close(hs, torch.stack(ref))
     W, b = (t.detach().clone().requires_grad_() for t in cell.fused())
     assert torch.autograd.gradcheck(lambda *a: _Sequence.apply(*a, keep)[:3], (x, h0, c0, W, b))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, threads):
+    """The fast paths with document resets, against autograd through the readable step.
+    B * H is large enough that the C step splits rows over threads when given two."""
+    torch.manual_seed(6)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        T, B, I, H = 6, 16, 8, 260  # 260: a tail of units that is not a whole vector
+        cell = LSTMCell(I, H)
+        x = torch.randn(T, B, I, requires_grad=True)
+        h0, c0 = torch.randn(B, H, requires_grad=True), torch.randn(B, H, requires_grad=True)
+        keep = torch.ones(T, B, 1)
+        keep[0, 1] = keep[2, 0] = keep[2, 5] = keep[5, 15] = 0
+        w_out, w_h, w_c = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
+
+        def readable():
+            hh, cc, hs = h0, c0, []
+            for t in range(T):
+                hh, cc = hh * keep[t], cc * keep[t]
+                step = cell(x[t], (hh, cc))
+                hh, cc = step.h, step.c
+                hs.append(hh)
+            return torch.stack(hs), hh, cc
+
+        def grads(run):
+            hs, h, c = run()
+            loss = (hs * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()
+            return [hs, h, c, *torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])]
+
+        fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0), keep=keep)))
+        for a, b in zip(fast, grads(readable)):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_c_step_propagates_nan():
+    """A diverging run must still be seen as NaN (the exp clamps must not hide it)."""
+    torch.manual_seed(0)
+    cell = LSTMCell(3, 20)
+    x = torch.randn(4, 2, 3)
+    x[1, 0, 0] = float("nan")
+    hs, _, _ = cell.sequence(x, (torch.zeros(2, 20), torch.zeros(2, 20)))
+    assert torch.isnan(hs[1, 0]).all() and not torch.isnan(hs[:, 1]).any()
+
+
+def test_without_a_compiler_the_torch_path_runs_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path))          # nothing built here yet
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    kernel.set_enabled(True)
+    try:
+        with pytest.warns(UserWarning, match="could not be built"):
+            assert kernel.load() is None
+        cell = LSTMCell(3, 4)
+        x, s = torch.randn(5, 2, 3), (torch.zeros(2, 4), torch.zeros(2, 4))
+        torch.testing.assert_close(cell.sequence(x, s)[0], readable_run(cell, x, *s)[0], atol=1e-5, rtol=0)
+    finally:
+        monkeypatch.undo()
+        kernel.set_enabled(True)
