@@ -8,8 +8,9 @@
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "cpu"):
-    """Load a trained model for prediction, generation and gate inspection (see arlm.generate)."""
+def load(path, device: str = "cpu", weights: str = "float32"):
+    """Load a trained model for prediction, generation and gate inspection (see arlm.generate).
+    weights="int8" or "float16" decodes faster on a CPU (see arlm.generate.load)."""
     from arlm.generate import load as _load
 
-    return _load(path, device)
+    return _load(path, device, weights)

@@ -69,6 +69,10 @@ class Trace(NamedTuple):
 class LSTMCell(nn.Module):
     """One LSTM layer: four gates, each with its own weight over [h_{t-1}, x_t] and bias."""
 
+    # The weights read when running without gradients on a CPU: "float32", or a "float16"
+    # or "int8" copy that a token reads faster (kernel.LowPrecision). Training is float32.
+    inference_weights: str = "float32"
+
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
         self.input_size, self.hidden_size = input_size, hidden_size
@@ -145,7 +149,9 @@ class LSTMCell(nn.Module):
         h0, c0 = state
         # Without gradients W is the cached stacked weight, and what the loop builds from it
         # (a contiguous or oneDNN-packed copy) can be kept on it too.
-        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b, keep, not torch.is_grad_enabled())
+        inference = not torch.is_grad_enabled()
+        low = self.inference_weights if inference and self.inference_weights != "float32" else None
+        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b, keep, inference, low)
         H = self.hidden_size
         trace = Trace(gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :], cs, hs.detach())
         return hs, (h, c), trace
@@ -209,22 +215,40 @@ class _Sequence(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # the recurrence stays float32 under autocast
-    def forward(ctx, x, h0, c0, W, b, keep=None, reuse=False):
-        T, B, _ = x.shape
+    def forward(ctx, x, h0, c0, W, b, keep=None, reuse=False, low=None):
+        T, B, I = x.shape
         H = h0.shape[1]
-        W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
-        # The input half of every gate, for all steps at once: (T, B, 4H).
         lib = _kernel_for(x)
-        if lib is not None:  # the C step adds b itself, which saves writing it T times here
-            gx = torch.mm(x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
+        low = low if reuse and lib is not None and kernel.supports(low or "") else None
+        W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
+        # The input half of every gate for all steps at once, gx (T, B, 4H), and the
+        # product with h_{t-1} that the loop does each step.
+        if low is not None:  # inference from a float16/int8 copy of W, kept on the cached W
+            Wq = W.__dict__.setdefault("_arlm_low", {})
+            if low not in Wq:
+                Wq[low] = kernel.LowPrecision(W, low, transposable=False)
+            Wq = Wq[low]
+            gx = Wq.matmul(x.reshape(T * B, I), H, I).view(T, B, 4 * H)
         else:
-            gx = torch.addmm(b, x.reshape(T * B, -1), W_x.t()).view(T, B, 4 * H)
-        times_W_h = _Times(W_h, B, T, cache_on=W if reuse else None)
+            if reuse:  # a contiguous copy kept on the cached W: products read it faster
+                W_x = getattr(W, "_arlm_W_x", None)
+                if W_x is None:
+                    W_x = W._arlm_W_x = W[:, H:].contiguous()
+            if lib is not None:  # the C step adds b itself, which saves writing it T times here
+                gx = torch.mm(x.reshape(T * B, I), W_x.t()).view(T, B, 4 * H)
+            else:
+                gx = torch.addmm(b, x.reshape(T * B, I), W_x.t()).view(T, B, 4 * H)
+            times_W_h = _Times(W_h, B, T, cache_on=W if reuse else None)
         gates = torch.empty_like(gx)                         # f, i, c̃, o after σ / tanh
         cs = x.new_empty(T, B, H)
         hs = x.new_empty(T, B, H)
         tanh_cs = x.new_empty(T, B, H)
-        if lib is not None:  # the same step, its element-wise half in one C loop (arlm/lstm_step.c)
+        if low is not None:  # the whole window in C: each step's product and element-wise half
+            h0, c0 = h0.contiguous(), c0.contiguous()
+            keep = keep.to(torch.float32).contiguous() if keep is not None else None
+            Wq.lstm_sequence(gx, b.contiguous(), h0, c0, keep, gates, cs, tanh_cs, hs)
+            h, c = hs[T - 1], cs[T - 1]
+        elif lib is not None:  # the same step, its element-wise half in one C loop (arlm/lstm_step.c)
             h0, c0 = h0.contiguous(), c0.contiguous()
             if keep is not None:
                 keep = keep.to(torch.float32).contiguous()
@@ -330,4 +354,4 @@ class _Sequence(torch.autograd.Function):
             d_W = dG2.t() @ hx.view(T * B, -1)
         if ctx.needs_input_grad[4]:
             d_b = dG2.sum(0)
-        return d_x, dh, dc, d_W, d_b, None, None
+        return d_x, dh, dc, d_W, d_b, None, None, None

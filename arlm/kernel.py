@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lstm_step.c")
-FLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-fopenmp"]
+FLAGS = ["-O3", "-march=native", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp"]
 # -fopenmp links libgomp.so.1, the same soname torch's CPU build has already loaded, so
 # the step shares torch's OpenMP runtime. Where it is not available the step is built
 # single-threaded (the pragma is ignored).
@@ -73,6 +73,14 @@ def _build() -> ctypes.CDLL:
     lib.arlm_lstm_forward.restype = None
     lib.arlm_lstm_backward.argtypes = [i64, i64, i64] + [p] * 9
     lib.arlm_lstm_backward.restype = None
+    for suffix in DTYPES.values():  # float16 is absent where the compiler has no half type
+        if hasattr(lib, f"arlm_matmul_{suffix}"):
+            getattr(lib, f"arlm_matmul_{suffix}").argtypes = [i64, i64, i64, i64, p, i64, p, p, p]
+            getattr(lib, f"arlm_matmul_{suffix}").restype = None
+            getattr(lib, f"arlm_matmul_{suffix}_t").argtypes = [i64, i64, i64, p, p, p, p]
+            getattr(lib, f"arlm_matmul_{suffix}_t").restype = None
+            getattr(lib, f"arlm_lstm_sequence_{suffix}").argtypes = [i64, i64, i64, i64, p, i64] + [p] * 12
+            getattr(lib, f"arlm_lstm_sequence_{suffix}").restype = None
     return lib
 
 
@@ -91,6 +99,77 @@ def load() -> ctypes.CDLL | None:
                               "to speed up, or set ARLM_KERNEL=0 to silence this.", stacklevel=2)
                 _lib = None
     return _lib or None
+
+
+class LowPrecision:
+    """A float32 weight (N, K) kept for inference as float16, or as int8 with one float32
+    scale per row (w ≈ scale[n] · q[n, k]), multiplied in float32 by lstm_step.c.
+
+    Few-column matrices (K < 128: the adaptive softmax's tail) are stored transposed, so
+    the product runs along their thousands of rows, unless not `transposable` (a weight
+    whose column ranges are multiplied separately, like a cell's fused W)."""
+
+    def __init__(self, weight: "torch.Tensor", dtype: str, transposable: bool = True):
+        import torch
+
+        lib = load()
+        if dtype not in DTYPES or lib is None or not hasattr(lib, f"arlm_matmul_{DTYPES[dtype]}"):
+            raise ValueError(f"{dtype} inference weights need the C step (a C compiler); use float32")
+        W = weight.detach().float()
+        self.shape, self.transposed = tuple(W.shape), transposable and W.shape[1] < 128
+        if dtype == "float16":
+            data, self.scale = W.to(torch.float16), None
+        else:  # symmetric, per row: the largest |w| of a row maps to 127
+            scale = W.abs().amax(1).clamp_min(1e-30) / 127
+            data, self.scale = torch.round(W / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale.contiguous()
+        self.data = (data.t() if self.transposed else data).contiguous()
+        self._matmul = getattr(lib, f"arlm_matmul_{DTYPES[dtype]}{'_t' if self.transposed else ''}")
+        self._sequence = getattr(lib, f"arlm_lstm_sequence_{DTYPES[dtype]}")
+
+    def lstm_sequence(self, gx, b, h0, c0, keep, gates, cs, tanh_cs, hs) -> None:
+        """Run one layer's window from this weight (the fused W of a cell) in C; fills
+        gates, cs, tanh_cs and hs. gx: W_x·x_t for every step, (T, B, 4H); keep (T, B, 1) or None."""
+        T, B, H = hs.shape
+        zh, h_in = hs.new_empty(B, 4 * H), hs.new_empty(B, H)
+        k = keep.data_ptr() if keep is not None else None
+        self._sequence(torch_threads(), T, B, H, self.data.data_ptr(), self.shape[1],
+                       self.scale.data_ptr() if self.scale is not None else None, gx.data_ptr(), b.data_ptr(),
+                       h0.data_ptr(), c0.data_ptr(), k, gates.data_ptr(), cs.data_ptr(), tanh_cs.data_ptr(),
+                       hs.data_ptr(), zh.data_ptr(), h_in.data_ptr())
+
+    def matmul(self, x: "torch.Tensor", start: int = 0, width: int | None = None) -> "torch.Tensor":
+        """x (M, width) @ W[:, start:start + width]^T as float32 (M, N)."""
+        import torch
+
+        N, K = self.shape
+        width = K - start if width is None else width
+        x = x.contiguous()
+        y = x.new_empty(x.shape[0], N)
+        scale = self.scale.data_ptr() if self.scale is not None else None
+        if self.transposed:
+            assert start == 0 and width == K, "a transposed weight is multiplied whole"
+            self._matmul(x.shape[0], N, K, self.data.data_ptr(), scale, x.data_ptr(), y.data_ptr())
+        else:
+            self._matmul(torch.get_num_threads(), x.shape[0], N, width, self.data.data_ptr() + start * self.data.element_size(),
+                         K, scale, x.data_ptr(), y.data_ptr())
+        return y
+
+
+DTYPES = {"float16": "f16", "int8": "i8"}
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def supports(dtype: str) -> bool:
+    """Whether inference weights of this dtype can be used here ("float32" always can)."""
+    if dtype == "float32":
+        return True
+    lib = load()
+    return dtype in DTYPES and lib is not None and hasattr(lib, f"arlm_matmul_{DTYPES[dtype]}")
 
 
 def set_enabled(enabled: bool) -> None:

@@ -176,3 +176,174 @@ void arlm_lstm_backward(int64_t threads, int64_t B, int64_t H, const float *gate
         }
     }
 }
+
+/* --- Inference products from smaller weights -----------------------------------------
+
+   y (M × N) = x (M × K) · W[:, :K]ᵀ, with W stored as IEEE float16, or as int8 with one
+   float32 scale per row (w ≈ scale[n] · q[n, k], q in -127..127), and all arithmetic in
+   float32. For decoding: one token at a time, a step reads every weight once and does
+   little with it, so its speed is the speed of reading memory. float16 halves the bytes,
+   int8 quarters them, and the default model's ~20 MB of float32 weights shrink to a size
+   that stays in the CPU's cache. (Measured on the default model: validation perplexity
+   changes by less than 0.05% with int8, not at all with float16.) */
+
+
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+static inline float hsum(vf v) {  /* the sum of the lanes */
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#else  /* as a tree: log2(W) dependent adds */
+    float t[W];
+    memcpy(t, &v, sizeof t);
+    for (int w = W / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) t[l] += t[l + w];
+    return t[0];
+#endif
+}
+
+static inline float i8_to_float(int8_t v) { return (float)v; }
+static inline vf load_i8(const int8_t *p) {  /* W int8 values → float32 lanes */
+#if defined(__AVX512F__)
+    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+#elif defined(__AVX2__) && W == 8
+    return (vf)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+#else
+    typedef int8_t vi8 __attribute__((vector_size(W)));
+    vi8 v; memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(__builtin_convertvector(v, vi), vf);
+#endif
+}
+
+#if defined(__AVX512F__) || defined(__F16C__)
+#define HAVE_HALF 1
+static inline vf load_f16(const uint16_t *p) {  /* W float16 values → float32 lanes: vcvtph2ps */
+#if defined(__AVX512F__)
+    return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#else
+    return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#endif
+}
+static inline float f16_to_float(uint16_t h) { return _cvtsh_ss(h); }
+#elif defined(__FLT16_MAX__)  /* e.g. ARM: the compiler's own half type */
+#define HAVE_HALF 1
+static inline float f16_to_float(uint16_t h) { _Float16 f; memcpy(&f, &h, 2); return (float)f; }
+static inline vf load_f16(const uint16_t *p) {
+    vf v;
+    for (int l = 0; l < W; l++) v[l] = f16_to_float(p[l]);
+    return v;
+}
+#endif
+
+/* nr weight rows against mb input rows (both constants once inlined): nr × mb independent
+   accumulators, so the loop is not held up by the latency of one chain of FMAs. */
+#define DEFINE_PRODUCTS(SUFFIX, T, LOAD, SCALAR)                                                  \
+static inline __attribute__((always_inline)) void rows_dot_##SUFFIX(                               \
+        const int nr, const int mb, const T *w, int64_t ld, int64_t K, const float *x, float *out) { \
+    vf acc[4][4] = {{{0}}};                                                                       \
+    const int64_t Kv = K - K % W;                                                                 \
+    for (int64_t k = 0; k < Kv; k += W) {                                                         \
+        vf xs[4];                                                                                 \
+        for (int q = 0; q < mb; q++) xs[q] = load(x + q * K + k);                                 \
+        for (int r = 0; r < nr; r++) {                                                            \
+            vf wf = LOAD(w + r * ld + k);                                                         \
+            for (int q = 0; q < mb; q++) acc[q][r] += wf * xs[q];                                 \
+        }                                                                                         \
+    }                                                                                             \
+    for (int q = 0; q < mb; q++)                                                                  \
+        for (int r = 0; r < nr; r++) {                                                            \
+            float s = hsum(acc[q][r]);                                                            \
+            for (int64_t k = Kv; k < K; k++) s += SCALAR(w[r * ld + k]) * x[q * K + k];           \
+            out[q * 4 + r] = s;                                                                   \
+        }                                                                                         \
+}                                                                                                 \
+                                                                                                  \
+/* scale (N floats) may be NULL: no per-row scale. */                                             \
+void arlm_matmul_##SUFFIX(int64_t threads, int64_t M, int64_t N, int64_t K, const T *Wt, int64_t ld, \
+                          const float *scale, const float *x, float *y) {                         \
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {  /* up to four input rows share each weight read */  \
+        const int64_t mb = M - m0 < 4 ? M - m0 : 4;                                               \
+        const float *xm = x + m0 * K;                                                             \
+        _Pragma("omp parallel for num_threads(threads) if(threads > 1 && N * K >= 65536) schedule(static)") \
+        for (int64_t n = 0; n < N; n += 4) {                                                      \
+            float out[16];                                                                        \
+            const int64_t nr = N - n < 4 ? N - n : 4;                                             \
+            const T *w = Wt + n * ld;                                                             \
+            if (nr == 4) {                                                                        \
+                switch (mb) {                                                                     \
+                    case 1: rows_dot_##SUFFIX(4, 1, w, ld, K, xm, out); break;                    \
+                    case 2: rows_dot_##SUFFIX(4, 2, w, ld, K, xm, out); break;                    \
+                    case 3: rows_dot_##SUFFIX(4, 3, w, ld, K, xm, out); break;                    \
+                    default: rows_dot_##SUFFIX(4, 4, w, ld, K, xm, out); break;                   \
+                }                                                                                 \
+            } else {                                                                              \
+                for (int64_t r = 0; r < nr; r++) {                                                \
+                    float o1[16];                                                                 \
+                    switch (mb) {                                                                 \
+                        case 1: rows_dot_##SUFFIX(1, 1, w + r * ld, ld, K, xm, o1); break;        \
+                        case 2: rows_dot_##SUFFIX(1, 2, w + r * ld, ld, K, xm, o1); break;        \
+                        case 3: rows_dot_##SUFFIX(1, 3, w + r * ld, ld, K, xm, o1); break;        \
+                        default: rows_dot_##SUFFIX(1, 4, w + r * ld, ld, K, xm, o1); break;       \
+                    }                                                                             \
+                    for (int64_t q = 0; q < mb; q++) out[q * 4 + r] = o1[q * 4];                  \
+                }                                                                                 \
+            }                                                                                     \
+            for (int64_t q = 0; q < mb; q++)                                                      \
+                for (int64_t r = 0; r < nr; r++)                                                  \
+                    y[(m0 + q) * N + n + r] = scale ? scale[n + r] * out[q * 4 + r] : out[q * 4 + r]; \
+        }                                                                                         \
+    }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+/* The same product from a transposed copy, WT (K × N), scale per column of WT:                  \
+   y_m = (Σ_k x[m,k] · WT[k,:]) ⊙ scale, vectorized along N. For the few-column matrices of the \
+   adaptive softmax's tail (K of 16 or 64, N in the thousands), where a dot product per row      \
+   would be mostly its final sum. */                                                               \
+void arlm_matmul_##SUFFIX##_t(int64_t M, int64_t N, int64_t K, const T *WT, const float *scale,   \
+                              const float *x, float *y) {                                         \
+    const int64_t Nv = N - N % W;                                                                 \
+    for (int64_t m = 0; m < M; m++) {                                                             \
+        float *ym = y + m * N;                                                                    \
+        const float *xm = x + m * K;                                                              \
+        for (int64_t n = 0; n < Nv; n += W) {                                                     \
+            vf acc = splat(0.0f);                                                                 \
+            for (int64_t k = 0; k < K; k++) acc += xm[k] * LOAD(WT + k * N + n);                  \
+            store(ym + n, scale ? acc * load(scale + n) : acc);                                   \
+        }                                                                                         \
+        for (int64_t n = Nv; n < N; n++) {                                                        \
+            float s = 0.0f;                                                                       \
+            for (int64_t k = 0; k < K; k++) s += xm[k] * SCALAR(WT[k * N + n]);                   \
+            ym[n] = scale ? s * scale[n] : s;                                                     \
+        }                                                                                         \
+    }                                                                                             \
+}
+
+/* A whole window of one layer in inference, from the low-precision weight: per step the
+   product with h_{t-1} (the first H columns of W) and the element-wise step, with no
+   trip back to Python in between. gx (T, B, 4H) holds W_x·x_t for every step; zh (B, 4H)
+   and h_in (B, H) are scratch. keep (T, B) may be NULL. */
+#define DEFINE_SEQUENCE(SUFFIX, T_)                                                               \
+void arlm_lstm_sequence_##SUFFIX(int64_t threads, int64_t T, int64_t B, int64_t H, const T_ *Wq,   \
+        int64_t ld, const float *scale, const float *gx, const float *bias, const float *h0,      \
+        const float *c0, const float *keep, float *gates, float *cs, float *tanh_cs, float *hs,   \
+        float *zh, float *h_in) {                                                                 \
+    for (int64_t t = 0; t < T; t++) {                                                             \
+        const float *h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;                                 \
+        const float *c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;                                 \
+        const float *k = keep ? keep + t * B : 0;                                                 \
+        for (int64_t b = 0; b < B; b++)                                                           \
+            for (int64_t j = 0; j < H; j++) h_in[b * H + j] = k ? h_prev[b * H + j] * k[b] : h_prev[b * H + j]; \
+        arlm_matmul_##SUFFIX(threads, B, 4 * H, H, Wq, ld, scale, h_in, zh);                       \
+        arlm_lstm_forward(threads, B, H, zh, gx + t * B * 4 * H, bias, c_prev, k, gates + t * B * 4 * H, \
+                          cs + t * B * H, tanh_cs + t * B * H, hs + t * B * H, 0, 0);             \
+    }                                                                                             \
+}
+
+DEFINE_PRODUCTS(i8, int8_t, load_i8, i8_to_float)
+DEFINE_SEQUENCE(i8, int8_t)
+#ifdef HAVE_HALF
+DEFINE_PRODUCTS(f16, uint16_t, load_f16, f16_to_float)
+DEFINE_SEQUENCE(f16, uint16_t)
+#endif

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from arlm import kernel
 from arlm.cell import LSTMCell, Trace
 
 State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, batch, hidden)
@@ -197,8 +198,20 @@ class TiedHead(nn.Module):
         self.embedding, self.shortlist = embedding, shortlist
         self.cluster_weight = nn.Parameter(torch.empty(n_clusters, embedding.embedding_dim).uniform_(-0.1, 0.1))
 
+    def weight(self) -> Tensor:
+        """The head's rows: the shortlist's embeddings, then one row per cluster. Without
+        gradients (generation) the concatenation is kept until a weight changes: copying
+        2 MB per generated token cost more than the product itself."""
+        if torch.is_grad_enabled():
+            return torch.cat([self.embedding.weight[: self.shortlist], self.cluster_weight])
+        key = tuple((p.data_ptr(), p._version) for p in (self.embedding.weight, self.cluster_weight))
+        cached = getattr(self, "_weight_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._weight_cache = (key, torch.cat([self.embedding.weight[: self.shortlist], self.cluster_weight]))
+        return cached[1]
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, torch.cat([self.embedding.weight[: self.shortlist], self.cluster_weight]))
+        return F.linear(x, self.weight())
 
 
 class Output(NamedTuple):
@@ -231,8 +244,9 @@ class LanguageModel(nn.Module):
     # --- the forward pass ------------------------------------------------------------
 
     def forward(self, ids: Tensor, state: State | None = None, targets: Tensor | None = None,
-                record: bool = False) -> Output:
-        """ids (T, B) → features; with `targets` (T, B) also the mean NLL."""
+                record: bool = False, last_only: bool = False) -> Output:
+        """ids (T, B) → features; with `targets` (T, B) also the mean NLL. `last_only`: the
+        features of the last step only, (1, B, E) (reading a prompt needs no more)."""
         cfg = self.config
         weight = embedding_dropout(self.embedding.weight, cfg.dropout_embedding, self.training)
         x = F.embedding(ids, weight)
@@ -240,8 +254,10 @@ class LanguageModel(nn.Module):
         keep = (ids != cfg.eos_id).unsqueeze(-1).to(x.dtype) if cfg.reset_at_eos else None
         y, state, traces = self.lstm(x, state, record, keep)
         y = locked_dropout(y, cfg.dropout, self.training)
+        if last_only:
+            y = y[-1:]
         if self.projection is not None:
-            y = self.projection(y)
+            y = self._linear(y, "projection", self.projection.weight, self.projection.bias)
         loss = self.nll(y.reshape(-1, y.shape[-1]), targets.reshape(-1)).mean() if targets is not None else None
         return Output(y, state, loss, traces)
 
@@ -255,8 +271,64 @@ class LanguageModel(nn.Module):
         """Log-probabilities over the whole vocabulary, features (..., E) → (..., V)."""
         shape = features.shape[:-1]
         flat = features.reshape(-1, features.shape[-1])
-        out = self.adaptive.log_prob(flat) if self.adaptive is not None else F.log_softmax(self.decoder(flat), -1)
+        if self.adaptive is not None:
+            out = self._adaptive_log_prob(flat) if self._low(flat) else self.adaptive.log_prob(flat)
+        else:
+            out = F.log_softmax(self._linear(flat, "decoder", self.decoder.weight, self.decoder.bias), -1)
         return out.view(*shape, -1)
+
+    # --- inference from smaller weights ----------------------------------------------
+
+    inference_weights = "float32"
+
+    def set_inference_weights(self, dtype: str) -> None:
+        """The precision of the weights read when running without gradients on a CPU
+        (LSTM, projection, softmax): "float32" (default), "float16" or "int8" (one scale
+        per row). Decoding one token reads every weight once, so its speed is the speed
+        of reading memory: float16 halves the bytes and int8 quarters them, which keeps
+        the default model in the CPU's cache. The parameters stay float32 and training is
+        unchanged; BENCHMARKS.md gives the speed and the (tiny) perplexity change."""
+        if dtype not in ("float32", "float16", "int8"):
+            raise ValueError(f"inference weights must be float32, float16 or int8, got {dtype!r}")
+        if not kernel.supports(dtype):
+            raise ValueError(f"{dtype} inference weights need arlm's C step, which could not be built here "
+                             "(is a C compiler installed?); use float32")
+        self.inference_weights = dtype
+        for cell in self.lstm.cells:
+            cell.inference_weights = dtype
+
+    def _low(self, x: Tensor) -> bool:
+        return (self.inference_weights != "float32" and not torch.is_grad_enabled() and x.device.type == "cpu"
+                and x.dtype == torch.float32)
+
+    def _linear(self, x: Tensor, name: str, weight: Tensor, bias: Tensor | None = None,
+                sources: tuple[Tensor, ...] = ()) -> Tensor:
+        """F.linear(x, weight, bias), from a float16/int8 copy of weight when _low(x); the
+        copy is kept until the parameters it is made of (`sources`, default the weight) change."""
+        if not self._low(x):
+            return F.linear(x, weight, bias)
+        cache = self.__dict__.setdefault("_low_weights", {})
+        key = (self.inference_weights, *((p.data_ptr(), p._version) for p in (sources or (weight,))))
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, kernel.LowPrecision(weight, self.inference_weights))
+        y = cache[name][1].matmul(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+        return y if bias is None else y + bias
+
+    def _adaptive_log_prob(self, x: Tensor) -> Tensor:
+        """AdaptiveLogSoftmaxWithLoss.log_prob, with every product through _linear."""
+        a = self.adaptive
+        if isinstance(a.head, TiedHead):
+            logits = self._linear(x, "head", a.head.weight(), sources=(a.head.embedding.weight, a.head.cluster_weight))
+        else:
+            logits = self._linear(x, "head", a.head.weight, a.head.bias)
+        head = F.log_softmax(logits, -1)
+        out = x.new_empty(x.shape[0], a.n_classes)
+        out[:, : a.shortlist_size] = head[:, : a.shortlist_size]
+        for k, tail in enumerate(a.tail):
+            start, stop = a.cutoffs[k], a.cutoffs[k + 1]
+            z = self._linear(self._linear(x, f"tail{k}.0", tail[0].weight), f"tail{k}.1", tail[1].weight)
+            out[:, start:stop] = F.log_softmax(z, -1) + head[:, a.shortlist_size + k, None]
+        return out
 
     def init_state(self, batch_size: int, device=None) -> State:
         return self.lstm.init_state(batch_size, device or self.embedding.weight.device, self.embedding.weight.dtype)

@@ -461,3 +461,74 @@ def test_cli_help_documents_every_option(capsys):
                    "--no-stop-at-eos", "--next-word", "--interactive", "--device"]:
         assert option in out
     assert out.count("default") >= 15
+
+
+# --- faster CPU inference from float16 / int8 copies of the weights ------------------------
+
+
+@pytest.fixture(scope="module", params=[("full", "float16"), ("adaptive", "float16"), ("full", "int8"), ("adaptive", "int8")],
+                ids=lambda p: "-".join(p))
+def lm_low(request, checkpoints) -> Predictor:
+    softmax, weights = request.param
+    return arlm.load(checkpoints(softmax), weights=weights)
+
+
+def test_low_precision_weights_agree_with_float32(lm_low, checkpoints):
+    exact = arlm.load(checkpoints("full" if lm_low.model.adaptive is None else "adaptive"))
+    tolerance = 2e-3 if lm_low.model.inference_weights == "float16" else 3e-2
+    for sentence in SENTENCES:
+        w = words(exact, sentence)
+        for n in range(len(w) + 1):
+            prefix = " ".join(w[:n])
+            p, q = exact.next_distribution(prefix), lm_low.next_distribution(prefix)
+            assert abs(float(q.sum()) - 1) < 1e-5
+            assert (p - q).abs().max() < tolerance, (prefix, (p - q).abs().max())
+        # (the first word is a near tie, 1 in 5; from it on the sentence is memorized)
+        assert lm_low.generate(" ".join(w[:1]), temperature=0) == " ".join(w[1:])
+
+
+def test_low_precision_step_by_step_equals_full_forward(lm_low):
+    text = SENTENCES[3] + " " + SENTENCES[0] + " كلمة"
+    ids, log_probs = full_forward_log_probs(lm_low, text)
+    state = None
+    with torch.no_grad():
+        for t, token in enumerate(ids):
+            step_log_probs, state = lm_low.model.step(torch.tensor([token]), state)
+            assert torch.allclose(step_log_probs[0], log_probs[t], atol=1e-5), t
+
+
+def test_low_precision_leaves_training_exact_and_follows_weight_updates(checkpoints):
+    lm = arlm.load(checkpoints("adaptive"))
+    model = lm.model
+    ids = torch.tensor(lm.tokenizer.encode(SENTENCES[1])).view(-1, 1)
+    model.set_inference_weights("int8")
+    with torch.enable_grad():  # training reads the float32 parameters, whatever the setting
+        model.set_inference_weights("float32")
+        exact = model(ids).features.detach()
+        model.set_inference_weights("int8")
+        assert torch.equal(model(ids).features.detach(), exact)
+    before = lm.next_distribution(SENTENCES[1])
+    with torch.no_grad():  # an optimizer step in place: the int8 copies must be remade
+        for p in model.parameters():
+            p.mul_(0.5)
+    after = lm.next_distribution(SENTENCES[1])
+    model.set_inference_weights("float32")
+    assert not torch.allclose(before, after, atol=1e-3)
+    assert torch.allclose(after, lm.next_distribution(SENTENCES[1]), atol=3e-2)
+
+
+def test_bad_inference_weights(checkpoints, capsys):
+    with pytest.raises(ValueError, match="weights must be one of float32, float16, int8"):
+        arlm.load(checkpoints("full"), weights="bf16")
+    lm = arlm.load(checkpoints("full"))
+    with pytest.raises(ValueError, match="float32, float16 or int8"):
+        lm.model.set_inference_weights("int4")
+    assert main(["--checkpoint", str(checkpoints("full")), "--weights", "int4"]) == 2
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_cli_int8_weights(checkpoints, capsys):
+    assert main(["--checkpoint", str(checkpoints("adaptive")), "--prompt", "ذهب الولد", "--next-word", "2",
+                 "--weights", "int8"]) == 0
+    rank, p, token = capsys.readouterr().out.splitlines()[2].split()
+    assert (rank, token) == ("1", "الي") and float(p) > 0.9
