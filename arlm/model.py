@@ -109,12 +109,15 @@ def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return x * mask
 
 
-def embedding_dropout(weight: Tensor, p: float, training: bool) -> Tensor:
-    """Drop whole words from the embedding matrix (every occurrence of a word at once)."""
+def embedding_dropout(weight: Tensor, ids: Tensor, p: float, training: bool) -> Tensor:
+    """Look up ids, dropping whole words (every occurrence of a word at once): one mask
+    row per vocabulary word, applied to the rows looked up rather than to the whole
+    matrix, which at a 50k vocabulary would cost more than the lookup itself."""
+    x = F.embedding(ids, weight)
     if not training or p == 0:
-        return weight
+        return x
     mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
-    return weight * mask
+    return x * F.embedding(ids, mask)
 
 
 # --- the language model ------------------------------------------------------------
@@ -248,8 +251,7 @@ class LanguageModel(nn.Module):
         """ids (T, B) → features; with `targets` (T, B) also the mean NLL. `last_only`: the
         features of the last step only, (1, B, E) (reading a prompt needs no more)."""
         cfg = self.config
-        weight = embedding_dropout(self.embedding.weight, cfg.dropout_embedding, self.training)
-        x = F.embedding(ids, weight)
+        x = embedding_dropout(self.embedding.weight, ids, cfg.dropout_embedding, self.training)
         x = locked_dropout(x, cfg.dropout_input, self.training)
         keep = (ids != cfg.eos_id).unsqueeze(-1).to(x.dtype) if cfg.reset_at_eos else None
         y, state, traces = self.lstm(x, state, record, keep)

@@ -84,6 +84,20 @@ def test_regularization_only_in_training():
     assert not torch.equal(m(ids).features, m(ids).features)
 
 
+def test_embedding_dropout_drops_whole_words():
+    from arlm.model import embedding_dropout
+
+    torch.manual_seed(0)
+    weight = torch.randn(50, 8)
+    ids = torch.randint(0, 10, (40, 3))  # every word occurs many times
+    x = embedding_dropout(weight, ids, 0.3, training=True)
+    ratio = (x / weight[ids])[..., 0]  # per occurrence: 0 or 1 / (1 - p)
+    assert set(torch.round(ratio, decimals=4).unique().tolist()) <= {0.0, round(1 / 0.7, 4)}
+    for word in ids.unique():
+        assert ratio[ids == word].unique().numel() == 1  # the same for every occurrence
+    assert torch.equal(embedding_dropout(weight, ids, 0.3, training=False), weight[ids])
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
         ModelConfig(vocab_size=10, hidden_size=0)
