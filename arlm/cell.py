@@ -72,6 +72,10 @@ class LSTMCell(nn.Module):
     # The weights read when running without gradients on a CPU: "float32", or a "float16"
     # or "int8" copy that a token reads faster (kernel.LowPrecision). Training is float32.
     inference_weights: str = "float32"
+    # Keep derived copies of the weights (stacked, packed, low-precision) between calls
+    # without gradients; remade when a parameter's version changes. Off while training:
+    # fused optimizers update parameters in place without bumping their versions.
+    cache_weights: bool = False
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -109,6 +113,9 @@ class LSTMCell(nn.Module):
         h = o * torch.tanh(c)                                # output
         return Step(h, c, Gates(f, i, c_tilde, o))
 
+    def __getstate__(self) -> dict:  # copies and pickles leave the derived weights behind
+        return {k: v for k, v in self.__dict__.items() if k != "_fused_cache"}
+
     # --- the same equations over a window, fast --------------------------------------
 
     def fused(self, weight_drop: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -116,9 +123,10 @@ class LSTMCell(nn.Module):
         The columns keep the [h_{t-1}, x_t] order of the named weights; gradients flow
         back to them. `weight_drop` applies DropConnect to the h columns (AWD-LSTM).
 
-        Without gradients (evaluation, generation) the stacked copy is kept and reused until
-        a weight changes, so reading one token at a time does not copy the weights each time."""
-        inference = not torch.is_grad_enabled()
+        With `cache_weights` set (arlm.load sets it) and no gradients, the stacked copy is kept
+        and reused until a weight changes, so reading one token at a time does not copy the
+        weights each time."""
+        inference = not torch.is_grad_enabled() and self.cache_weights
         if inference:
             key = tuple((p.data_ptr(), p._version) for p in (self.W_f, self.W_i, self.W_c, self.W_o,
                                                              self.b_f, self.b_i, self.b_c, self.b_o))
@@ -147,11 +155,11 @@ class LSTMCell(nn.Module):
         pass, so recording gates costs nothing extra)."""
         W, b = self.fused(weight_drop)
         h0, c0 = state
-        # Without gradients W is the cached stacked weight, and what the loop builds from it
-        # (a contiguous or oneDNN-packed copy) can be kept on it too.
-        inference = not torch.is_grad_enabled()
-        low = self.inference_weights if inference and self.inference_weights != "float32" else None
-        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b, keep, inference, low)
+        # With cached weights W is the kept stacked weight, and what the loop builds from it
+        # (a contiguous, oneDNN-packed or low-precision copy) can be kept on it too.
+        reuse = not torch.is_grad_enabled() and self.cache_weights
+        low = self.inference_weights if reuse and self.inference_weights != "float32" else None
+        hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b, keep, reuse, low)
         H = self.hidden_size
         trace = Trace(gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H : 3 * H], gates[..., 3 * H :], cs, hs.detach())
         return hs, (h, c), trace

@@ -131,6 +131,7 @@ class Predictor:
         if tokenizer.vocab_size != model.config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
         self.model = model.eval()
+        model.set_inference_cache(True)  # fixed weights, many small calls: keep derived copies
         self.tokenizer = tokenizer
         self.config = config or {}
         self.device = next(model.parameters()).device

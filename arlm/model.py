@@ -201,11 +201,16 @@ class TiedHead(nn.Module):
         self.embedding, self.shortlist = embedding, shortlist
         self.cluster_weight = nn.Parameter(torch.empty(n_clusters, embedding.embedding_dim).uniform_(-0.1, 0.1))
 
+    cache_weights = False  # see LanguageModel.set_inference_cache
+
+    def __getstate__(self) -> dict:  # copies and pickles leave the derived weights behind
+        return {k: v for k, v in self.__dict__.items() if k != "_weight_cache"}
+
     def weight(self) -> Tensor:
-        """The head's rows: the shortlist's embeddings, then one row per cluster. Without
-        gradients (generation) the concatenation is kept until a weight changes: copying
-        2 MB per generated token cost more than the product itself."""
-        if torch.is_grad_enabled():
+        """The head's rows: the shortlist's embeddings, then one row per cluster. With
+        `cache_weights` and no gradients (generation) the concatenation is kept until a weight
+        changes: copying 2 MB per generated token cost more than the product itself."""
+        if torch.is_grad_enabled() or not self.cache_weights:
             return torch.cat([self.embedding.weight[: self.shortlist], self.cluster_weight])
         key = tuple((p.data_ptr(), p._version) for p in (self.embedding.weight, self.cluster_weight))
         cached = getattr(self, "_weight_cache", None)
@@ -283,13 +288,33 @@ class LanguageModel(nn.Module):
 
     inference_weights = "float32"
 
+    def set_inference_cache(self, enabled: bool) -> None:
+        """Keep derived copies of the weights (the cells' stacked, packed and low-precision
+        copies, the tied head's rows) between calls without gradients: for repeated
+        inference on fixed weights, e.g. decoding one token at a time (arlm.load turns it
+        on). A copy is remade when a parameter's version changes, but fused optimizers
+        update parameters without bumping versions, so it is off while training."""
+        for cell in self.lstm.cells:
+            cell.cache_weights = enabled
+        if self.adaptive is not None and isinstance(self.adaptive.head, TiedHead):
+            self.adaptive.head.cache_weights = enabled
+        self.cache_weights = enabled
+        if not enabled:
+            self.__dict__.pop("_low_weights", None)
+
+    cache_weights = False
+
+    def __getstate__(self) -> dict:  # copies and pickles leave the derived weights behind
+        return {k: v for k, v in self.__dict__.items() if k != "_low_weights"}
+
     def set_inference_weights(self, dtype: str) -> None:
         """The precision of the weights read when running without gradients on a CPU
         (LSTM, projection, softmax): "float32" (default), "float16" or "int8" (one scale
         per row). Decoding one token reads every weight once, so its speed is the speed
         of reading memory: float16 halves the bytes and int8 quarters them, which keeps
         the default model in the CPU's cache. The parameters stay float32 and training is
-        unchanged; BENCHMARKS.md gives the speed and the (tiny) perplexity change."""
+        unchanged; BENCHMARKS.md gives the speed and the (tiny) perplexity change. The
+        copies are kept between calls (set_inference_cache(True))."""
         if dtype not in ("float32", "float16", "int8"):
             raise ValueError(f"inference weights must be float32, float16 or int8, got {dtype!r}")
         if not kernel.supports(dtype):
@@ -298,6 +323,8 @@ class LanguageModel(nn.Module):
         self.inference_weights = dtype
         for cell in self.lstm.cells:
             cell.inference_weights = dtype
+        if dtype != "float32":
+            self.set_inference_cache(True)
 
     def _low(self, x: Tensor) -> bool:
         return (self.inference_weights != "float32" and not torch.is_grad_enabled() and x.device.type == "cpu"
