@@ -20,10 +20,13 @@ def path(request):
     kernel.set_enabled(True)
 
 
-def readable_run(cell: LSTMCell, x, h, c):
-    """The definition: the seed's equations, one step at a time."""
+def readable_run(cell: LSTMCell, x, h, c, keep=None):
+    """The definition: the seed's equations, one step at a time (with `keep`, the state
+    zeroed before the steps where a document starts)."""
     hs = []
-    for x_t in x:
+    for t, x_t in enumerate(x):
+        if keep is not None:
+            h, c = h * keep[t], c * keep[t]
         step = cell(x_t, (h, c))
         h, c = step.h, step.c
         hs.append(h)
@@ -154,13 +157,7 @@ def test_reset_mask_equals_readable_steps_with_zeroed_state_and_gradients_match(
     keep = torch.ones(T, B, 1, dtype=torch.float64)
     keep[0, 1] = keep[3, 0] = keep[5, 2] = 0  # documents start there
     hs, (h, c), _ = cell.sequence(x, (h0, c0), keep=keep)
-    hh, cc, ref = h0, c0, []
-    for t in range(T):
-        hh, cc = hh * keep[t], cc * keep[t]
-        step = cell(x[t], (hh, cc))
-        hh, cc = step.h, step.c
-        ref.append(hh)
-    torch.testing.assert_close(hs, torch.stack(ref))
+    torch.testing.assert_close(hs, readable_run(cell, x, h0, c0, keep)[0])
     W, b = (t.detach().clone().requires_grad_() for t in cell.fused())
     assert torch.autograd.gradcheck(lambda *a: _Sequence.apply(*a, keep)[:3], (x, h0, c0, W, b))
 
@@ -181,22 +178,13 @@ def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, thr
         keep[0, 1] = keep[2, 0] = keep[2, 5] = keep[5, 15] = 0
         w_out, w_h, w_c = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
 
-        def readable():
-            hh, cc, hs = h0, c0, []
-            for t in range(T):
-                hh, cc = hh * keep[t], cc * keep[t]
-                step = cell(x[t], (hh, cc))
-                hh, cc = step.h, step.c
-                hs.append(hh)
-            return torch.stack(hs), hh, cc
-
         def grads(run):
             hs, h, c = run()
             loss = (hs * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()
             return [hs, h, c, *torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])]
 
         fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0), keep=keep)))
-        for a, b in zip(fast, grads(readable)):
+        for a, b in zip(fast, grads(lambda: readable_run(cell, x, h0, c0, keep))):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
     finally:
         torch.set_num_threads(old)

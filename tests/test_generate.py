@@ -310,14 +310,20 @@ def test_beam_search_without_eos_runs_to_max_new_tokens(lm_full):
 # --- scoring: the state walk equals the full forward pass ---------------------------
 
 
-def test_step_by_step_equals_full_forward(lm):
-    text = SENTENCES[3] + " " + SENTENCES[0] + " كلمة"
+def assert_steps_equal_full_forward(lm, text: str) -> torch.Tensor:
+    """model.step token by token gives the log-probabilities of one forward pass."""
     ids, log_probs = full_forward_log_probs(lm, text)
     state = None
     with torch.no_grad():
         for t, token in enumerate(ids):
             step_log_probs, state = lm.model.step(torch.tensor([token]), state)
             assert torch.allclose(step_log_probs[0], log_probs[t], atol=1e-5), t
+    return log_probs
+
+
+def test_step_by_step_equals_full_forward(lm):
+    text = SENTENCES[3] + " " + SENTENCES[0] + " كلمة"
+    log_probs = assert_steps_equal_full_forward(lm, text)
     # and what the predictor reads for a prefix is the same distribution
     assert torch.allclose(lm.next_distribution(text), log_probs[-1].exp(), atol=1e-6)
 
@@ -488,13 +494,7 @@ def test_low_precision_weights_agree_with_float32(lm_low, checkpoints):
 
 
 def test_low_precision_step_by_step_equals_full_forward(lm_low):
-    text = SENTENCES[3] + " " + SENTENCES[0] + " كلمة"
-    ids, log_probs = full_forward_log_probs(lm_low, text)
-    state = None
-    with torch.no_grad():
-        for t, token in enumerate(ids):
-            step_log_probs, state = lm_low.model.step(torch.tensor([token]), state)
-            assert torch.allclose(step_log_probs[0], log_probs[t], atol=1e-5), t
+    assert_steps_equal_full_forward(lm_low, SENTENCES[3] + " " + SENTENCES[0] + " كلمة")
 
 
 def test_low_precision_leaves_training_exact_and_follows_weight_updates(checkpoints):
