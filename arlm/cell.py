@@ -24,7 +24,10 @@ definition. `LSTMCell.sequence` runs the same equations over a whole window fast
 * what is left of a step after its matrix product, σ/tanh, c and h (and their
   derivatives going back), is one C loop on CPU float32 (arlm/lstm_step.c, built on
   first use by arlm/kernel.py) instead of a dozen torch calls; elsewhere, or without a
-  C compiler, the same lines as torch operations below.
+  C compiler, the same lines as torch operations below;
+* for training-sized windows (H a whole number of vectors, T·B >= 32) the time loop
+  itself is in C too, the per-step product with h included: each thread owns a slice
+  of the hidden units and computes their gates and step, then waits once per step.
 
 Tests check that `sequence` equals step-by-step `forward`, that its gradients equal
 autograd's (and `torch.nn.LSTM`'s), and `gradcheck` in float64.
@@ -33,6 +36,7 @@ autograd's (and `torch.nn.LSTM`'s), and `gradcheck` in float64.
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 import torch
@@ -178,6 +182,12 @@ def _onednn_works() -> bool:
 _ONEDNN = torch.backends.mkldnn.is_available() and _onednn_works()
 
 
+def _whole_window(lib, T: int, B: int, H: int) -> bool:
+    """Whether a window runs as one C call: hidden units in whole vectors, and enough rows
+    (T·B) that repacking the weight for the call is small beside the products."""
+    return H % lib.lanes == 0 and T * B >= 32 and os.environ.get("ARLM_WINDOW", "1") != "0"
+
+
 def _kernel_for(x: Tensor):
     """The compiled element-wise step (arlm/kernel.py) when it applies: CPU float32."""
     if x.device.type != "cpu" or x.dtype != torch.float32:
@@ -246,7 +256,6 @@ class _Sequence(torch.autograd.Function):
                 gx = torch.mm(x.reshape(T * B, I), W_x.t()).view(T, B, 4 * H)
             else:
                 gx = torch.addmm(b, x.reshape(T * B, I), W_x.t()).view(T, B, 4 * H)
-            times_W_h = _Times(W_h, B, T, cache_on=W if reuse else None)
         gates = torch.empty_like(gx)                         # f, i, c̃, o after σ / tanh
         cs = x.new_empty(T, B, H)
         hs = x.new_empty(T, B, H)
@@ -256,7 +265,20 @@ class _Sequence(torch.autograd.Function):
             keep = keep.to(torch.float32).contiguous() if keep is not None else None
             Wq.lstm_sequence(gx, b.contiguous(), h0, c0, keep, gates, cs, tanh_cs, hs)
             h, c = hs[T - 1], cs[T - 1]
+        elif lib is not None and _whole_window(lib, T, B, H):
+            # The whole window in one C call: per step, each thread's columns of W_h·h_{t-1}
+            # and their gate math (arlm_lstm_window_forward).
+            h0, c0, W, b = h0.contiguous(), c0.contiguous(), W.contiguous(), b.contiguous()
+            keep = keep.to(torch.float32).contiguous() if keep is not None else None
+            # scratch, held here while C writes it: the packed weight, h_{t-1} twice, W_h·h
+            packed, h_in, zh = x.new_empty(4 * H * H), x.new_empty(2 * B * H), x.new_empty(B * 4 * H)
+            lib.arlm_lstm_window_forward(
+                torch.get_num_threads(), T, B, H, W.data_ptr(), W.shape[1], gx.data_ptr(), b.data_ptr(),
+                h0.data_ptr(), c0.data_ptr(), keep.data_ptr() if keep is not None else None, gates.data_ptr(),
+                cs.data_ptr(), tanh_cs.data_ptr(), hs.data_ptr(), packed.data_ptr(), h_in.data_ptr(), zh.data_ptr())
+            h, c = hs[T - 1], cs[T - 1]
         elif lib is not None:  # the same step, its element-wise half in one C loop (arlm/lstm_step.c)
+            times_W_h = _Times(W_h, B, T, cache_on=W if reuse else None)
             h0, c0 = h0.contiguous(), c0.contiguous()
             if keep is not None:
                 keep = keep.to(torch.float32).contiguous()
@@ -277,6 +299,7 @@ class _Sequence(torch.autograd.Function):
                 h_in = h_next if k_next is not None else hs[t]
             h, c = hs[T - 1], cs[T - 1]
         else:
+            times_W_h = _Times(W_h, B, T, cache_on=W if reuse else None)
             h, c = h0, c0
             for t in range(T):
                 if keep is not None:                               # a document starts: forget it all
@@ -305,9 +328,20 @@ class _Sequence(torch.autograd.Function):
         if keep is not None:
             h_prev = h_prev * keep
         dG = torch.empty_like(gates)
-        times_W_h_t = _Times(W_h.t(), B, T)                             # dh_{t-1} = dG_t W_h
         lib = _kernel_for(hs)
-        if lib is not None:  # the element-wise half of each step in one C loop (arlm/lstm_step.c)
+        if lib is not None and _whole_window(lib, T, B, H):  # the recurrence in one C call
+            dh = d_hT.clone(memory_format=torch.contiguous_format) if d_hT is not None else hs.new_zeros(B, H)
+            dc = d_cT.clone(memory_format=torch.contiguous_format) if d_cT is not None else hs.new_zeros(B, H)
+            d_hs = d_hs.contiguous() if d_hs is not None else None
+            W, c0 = W.contiguous(), c0.contiguous()
+            packed, dh_rec = hs.new_empty(4 * H * H), hs.new_empty(B * H)  # scratch, held during the call
+            lib.arlm_lstm_window_backward(
+                torch.get_num_threads(), T, B, H, W.data_ptr(), W.shape[1], gates.data_ptr(), c0.data_ptr(),
+                cs.data_ptr(), tanh_cs.data_ptr(), keep.data_ptr() if keep is not None else None,
+                d_hs.data_ptr() if d_hs is not None else None, dh.data_ptr(), dc.data_ptr(), dG.data_ptr(),
+                packed.data_ptr(), dh_rec.data_ptr())
+        elif lib is not None:  # the element-wise half of each step in one C loop (arlm/lstm_step.c)
+            times_W_h_t = _Times(W_h.t(), B, T)                         # dh_{t-1} = dG_t W_h
             dh = d_hT.contiguous() if d_hT is not None else hs.new_zeros(B, H)
             dc = d_cT.clone(memory_format=torch.contiguous_format) if d_cT is not None else hs.new_zeros(B, H)
             d_hs = d_hs.contiguous() if d_hs is not None else None
@@ -337,6 +371,7 @@ class _Sequence(torch.autograd.Function):
             torch.mul(tanh_cs, o * (1 - o), out=P[..., 3 * H :])            # via o
             dtanh = o * (1 - tanh_cs * tanh_cs)                             # ∂h_t/∂c_t
             D = hs.new_empty(B, 4, H)  # the running gradient each gate acts through: (dc, dc, dc, dh)
+            times_W_h_t = _Times(W_h.t(), B, T)                         # dh_{t-1} = dG_t W_h
             dh = d_hT if d_hT is not None else hs.new_zeros(B, H)
             dc = d_cT if d_cT is not None else hs.new_zeros(B, H)
             for t in range(T - 1, -1, -1):

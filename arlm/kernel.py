@@ -73,6 +73,12 @@ def _build() -> ctypes.CDLL:
     lib.arlm_lstm_forward.restype = None
     lib.arlm_lstm_backward.argtypes = [i64, i64, i64] + [p] * 9
     lib.arlm_lstm_backward.restype = None
+    lib.arlm_lanes.argtypes, lib.arlm_lanes.restype = [], i64
+    lib.arlm_lstm_window_forward.argtypes = [i64, i64, i64, i64, p, i64] + [p] * 12
+    lib.arlm_lstm_window_forward.restype = None
+    lib.arlm_lstm_window_backward.argtypes = [i64, i64, i64, i64, p, i64] + [p] * 11
+    lib.arlm_lstm_window_backward.restype = None
+    lib.lanes = lib.arlm_lanes()
     for suffix in DTYPES.values():  # float16 is absent where the compiler has no half type
         if hasattr(lib, f"arlm_matmul_{suffix}"):
             getattr(lib, f"arlm_matmul_{suffix}").argtypes = [i64, i64, i64, i64, p, i64, p, p, p]

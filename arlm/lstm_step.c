@@ -16,6 +16,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* W floats at a time, written with GCC/Clang vector extensions rather than left to
    the auto-vectorizer (which gives up on these loops for some -march targets): the
@@ -347,3 +350,178 @@ DEFINE_SEQUENCE(i8, int8_t)
 DEFINE_PRODUCTS(f16, uint16_t, load_f16, f16_to_float)
 DEFINE_SEQUENCE(f16, uint16_t)
 #endif
+
+/* --- A whole window for training, in one call ---------------------------------------------
+
+   The per-step product with h_{t-1} done here too, so that a window is one call instead of
+   T trips through Python and a matmul library: each thread owns a slice of the hidden units
+   (chunks of W units), computes those units' four gates (its columns of the product), their
+   element-wise step, and their part of the next step's input, then waits once for the
+   others. A step's product and gate math stay in the core that owns the units. The weight
+   is repacked per window into panels (chunk, gate, k, W lanes) that the micro-kernel reads
+   in order. Needs H to be a multiple of W; otherwise cell.py keeps the step-by-step loop. */
+
+/* z rows r < mb (a constant once inlined) for two panels of W columns:
+   z0[r] = Σ_k a[r, k] · p0[k], z1 likewise. */
+static inline __attribute__((always_inline)) void panel_product(
+        const int mb, int64_t K, const float *a, int64_t lda, const float *p0, const float *p1,
+        float *z0, float *z1, int64_t ldz) {
+    vf acc0[8], acc1[8];
+    for (int r = 0; r < mb; r++) acc0[r] = splat(0.0f), acc1[r] = splat(0.0f);
+    for (int64_t k = 0; k < K; k++) {
+        const vf w0 = load(p0 + k * W), w1 = load(p1 + k * W);
+        for (int r = 0; r < mb; r++) {
+            const vf ar = splat(a[r * lda + k]);
+            acc0[r] += ar * w0;
+            acc1[r] += ar * w1;
+        }
+    }
+    for (int r = 0; r < mb; r++) store(z0 + r * ldz, acc0[r]), store(z1 + r * ldz, acc1[r]);
+}
+
+/* All B rows of a against two panels, in blocks of up to 8 rows. */
+static void panels_product(int64_t B, int64_t K, const float *a, int64_t lda, const float *p0, const float *p1,
+                           float *z0, float *z1, int64_t ldz) {
+    for (int64_t m = 0; m < B; m += 8) {
+        const float *am = a + m * lda;
+        float *y0 = z0 + m * ldz, *y1 = z1 + m * ldz;
+        switch (B - m < 8 ? B - m : 8) {
+            case 1: panel_product(1, K, am, lda, p0, p1, y0, y1, ldz); break;
+            case 2: panel_product(2, K, am, lda, p0, p1, y0, y1, ldz); break;
+            case 3: panel_product(3, K, am, lda, p0, p1, y0, y1, ldz); break;
+            case 4: panel_product(4, K, am, lda, p0, p1, y0, y1, ldz); break;
+            case 5: panel_product(5, K, am, lda, p0, p1, y0, y1, ldz); break;
+            case 6: panel_product(6, K, am, lda, p0, p1, y0, y1, ldz); break;
+            case 7: panel_product(7, K, am, lda, p0, p1, y0, y1, ldz); break;
+            default: panel_product(8, K, am, lda, p0, p1, y0, y1, ldz); break;
+        }
+    }
+}
+
+static inline void thread_chunks(int64_t nchunks, int *c0, int *c1) {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+    const int t = 0, n = 1;
+#endif
+    *c0 = (int)(nchunks * t / n), *c1 = (int)(nchunks * (t + 1) / n);
+}
+
+/* Forward over a window. Wf: the fused weight (4H × ld), its first H columns multiply h.
+   gx (T, B, 4H): W_x·x_t for every step; keep (T, B) or NULL. Scratch: Wp (4H·H floats),
+   h_in (2·B·H), z (B·4H). Writes gates (T, B, 4H), cs, tanh_cs, hs (T, B, H). */
+void arlm_lstm_window_forward(int64_t threads, int64_t T, int64_t B, int64_t H, const float *Wf, int64_t ld,
+                              const float *gx, const float *bias, const float *h0, const float *c0,
+                              const float *keep, float *gates, float *cs, float *tanh_cs, float *hs,
+                              float *Wp, float *h_in, float *z) {
+    const int64_t nchunks = H / W;
+    _Pragma("omp parallel num_threads(threads)")
+    {
+        int ca, cb;
+        thread_chunks(nchunks, &ca, &cb);
+        /* pack this thread's columns: Wp[chunk][gate][k][lane] = W_h[gate·H + chunk·W + lane][k] */
+        for (int c = ca; c < cb; c++)
+            for (int g = 0; g < 4; g++) {
+                float *p = Wp + ((int64_t)c * 4 + g) * H * W;
+                for (int l = 0; l < W; l++)
+                    for (int64_t k = 0; k < H; k++) p[k * W + l] = Wf[(g * H + c * W + l) * ld + k];
+            }
+        for (int64_t b = 0; b < B; b++)  /* h_in for step 0: h0, reset where a document starts */
+            for (int64_t j = ca * W; j < cb * W; j++) h_in[b * H + j] = h0[b * H + j] * (keep ? keep[b] : 1.0f);
+        _Pragma("omp barrier")
+        for (int64_t t = 0; t < T; t++) {
+            const float *hin = h_in + (t % 2) * B * H;
+            float *hnext = h_in + ((t + 1) % 2) * B * H;
+            const float *k = keep ? keep + t * B : 0, *kn = keep && t + 1 < T ? keep + (t + 1) * B : 0;
+            const float *c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+            for (int c = ca; c < cb; c++) {  /* this thread's columns of W_h · h_{t-1} */
+                const float *p = Wp + (int64_t)c * 4 * H * W;
+                float *zc = z + c * W;  /* z[b][gate·H + unit] */
+                panels_product(B, H, hin, H, p, p + H * W, zc, zc + H, 4 * H);
+                panels_product(B, H, hin, H, p + 2 * H * W, p + 3 * H * W, zc + 2 * H, zc + 3 * H, 4 * H);
+            }
+            for (int64_t b = 0; b < B; b++) {
+                const float kb = k ? k[b] : 1.0f, knb = kn ? kn[b] : 1.0f;
+                const float *zb = z + b * 4 * H, *xb = gx + (t * B + b) * 4 * H;
+                float *gb = gates + (t * B + b) * 4 * H;
+                for (int64_t j = ca * W; j < cb * W; j += W) {
+                    vf out[7];
+                    forward_lanes(load(zb + j) + load(xb + j) + load(bias + j),
+                                  load(zb + H + j) + load(xb + H + j) + load(bias + H + j),
+                                  load(zb + 2 * H + j) + load(xb + 2 * H + j) + load(bias + 2 * H + j),
+                                  load(zb + 3 * H + j) + load(xb + 3 * H + j) + load(bias + 3 * H + j),
+                                  kb * load(c_prev + b * H + j), out);
+                    for (int q = 0; q < 4; q++) store(gb + q * H + j, out[q]);
+                    const int64_t o = (t * B + b) * H + j;
+                    store(cs + o, out[4]), store(tanh_cs + o, out[5]), store(hs + o, out[6]);
+                    store(hnext + b * H + j, knb * out[6]);
+                }
+            }
+            _Pragma("omp barrier")
+        }
+    }
+}
+
+/* Backward over a window (the recurrence only; weight and input gradients are one product
+   each over the window, in cell.py). d_hs (T, B, H) or NULL; dh (B, H): in, ∂L/∂h_T; out,
+   ∂L/∂h_0. dc likewise. Writes dG (T, B, 4H). Scratch: Wp (4H·H), dh_rec (B·H). */
+void arlm_lstm_window_backward(int64_t threads, int64_t T, int64_t B, int64_t H, const float *Wf, int64_t ld,
+                               const float *gates, const float *c0, const float *cs, const float *tanh_cs,
+                               const float *keep, const float *d_hs, float *dh, float *dc, float *dG,
+                               float *Wp, float *dh_rec) {
+    const int64_t nchunks = H / W;
+    _Pragma("omp parallel num_threads(threads)")
+    {
+        int ca, cb;
+        thread_chunks(nchunks, &ca, &cb);
+        /* pack: Wp[chunk][n][lane] = W_h[n][chunk·W + lane], n over the 4H gate rows */
+        for (int c = ca; c < cb; c++) {
+            float *p = Wp + (int64_t)c * 4 * H * W;
+            for (int64_t n = 0; n < 4 * H; n++)
+                for (int l = 0; l < W; l++) p[n * W + l] = Wf[n * ld + c * W + l];
+        }
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t j = ca * W; j < cb * W; j++) dh_rec[b * H + j] = dh[b * H + j];
+        _Pragma("omp barrier")
+        for (int64_t t = T - 1; t >= -1; t--) {
+            if (t < T - 1) {  /* dh_rec = dG_{t+1} · W_h, this thread's units */
+                const float *g1 = dG + (t + 1) * B * 4 * H;
+                for (int c = ca; c < cb; c += 2) {
+                    const float *p0 = Wp + (int64_t)c * 4 * H * W;
+                    if (c + 1 < cb) {
+                        panels_product(B, 4 * H, g1, 4 * H, p0, p0 + 4 * H * W, dh_rec + c * W, dh_rec + (c + 1) * W, H);
+                    } else {  /* an odd chunk: the second panel is computed and dropped */
+                        float *tmp = dh + 0;  /* dh is free until the end: use it as scratch */
+                        panels_product(B, 4 * H, g1, 4 * H, p0, p0, dh_rec + c * W, tmp + c * W, H);
+                    }
+                }
+            }
+            if (t < 0) break;
+            const float *ka = keep && t + 1 < T ? keep + (t + 1) * B : 0, *k = keep ? keep + t * B : 0;
+            const float *c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+            for (int64_t b = 0; b < B; b++) {
+                const float kb = k ? k[b] : 1.0f, kab = ka ? ka[b] : 1.0f;
+                const float *gb = gates + (t * B + b) * 4 * H;
+                float *dGb = dG + (t * B + b) * 4 * H;
+                for (int64_t j = ca * W; j < cb * W; j += W) {
+                    vf out[5], dhv = kab * load(dh_rec + b * H + j);
+                    if (d_hs) dhv += load(d_hs + (t * B + b) * H + j);
+                    backward_lanes(load(gb + j), load(gb + H + j), load(gb + 2 * H + j), load(gb + 3 * H + j),
+                                   kb * load(c_prev + b * H + j), load(tanh_cs + (t * B + b) * H + j), dhv,
+                                   kab * load(dc + b * H + j), out);
+                    for (int q = 0; q < 4; q++) store(dGb + q * H + j, out[q]);
+                    store(dc + b * H + j, out[4]);
+                }
+            }
+            _Pragma("omp barrier")
+        }
+        /* ∂L/∂h_0 and ∂L/∂c_0, cut where step 0 started a new document */
+        _Pragma("omp barrier")
+        for (int64_t b = 0; b < B; b++) {
+            const float k0 = keep ? keep[b] : 1.0f;
+            for (int64_t j = ca * W; j < cb * W; j++) dh[b * H + j] = k0 * dh_rec[b * H + j], dc[b * H + j] *= k0;
+        }
+    }
+}
+
+int64_t arlm_lanes(void) { return W; }  /* the vector width: the window calls need H % W == 0 */

@@ -7,12 +7,15 @@ from arlm.cell import LSTMCell, _Sequence
 from arlm.model import StackedLSTM
 
 
-@pytest.fixture(params=["C step", "torch ops"])
-def path(request):
-    """Run a test on both implementations of a step's element-wise half: the compiled C
-    loop (arlm/lstm_step.c, the default) and the torch-operations fallback."""
-    kernel.set_enabled(request.param == "C step")
-    if request.param == "C step":
+@pytest.fixture(params=["C window", "C step", "torch ops"])
+def path(request, monkeypatch):
+    """Run a test on each implementation of the fast path: the whole window in one C call
+    (where H is whole vectors and T·B >= 32), a Python time loop around the compiled C
+    step, and the torch-operations fallback (arlm/lstm_step.c, arlm/kernel.py)."""
+    compiled = request.param != "torch ops"
+    monkeypatch.setenv("ARLM_WINDOW", "1" if request.param == "C window" else "0")
+    kernel.set_enabled(compiled)
+    if compiled:
         assert kernel.load() is not None, "the C step did not build: is a C compiler installed?"
     else:
         assert kernel.load() is None
@@ -33,7 +36,7 @@ def readable_run(cell: LSTMCell, x, h, c, keep=None):
     return torch.stack(hs), h, c
 
 
-@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 4), (7, 5, 6, 9), (20, 3, 16, 8)])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 4), (7, 5, 6, 9), (20, 3, 16, 8), (9, 4, 5, 32)])
 def test_fast_sequence_equals_readable_step(T, B, I, H, path):
     torch.manual_seed(T)
     cell = LSTMCell(I, H)
@@ -163,14 +166,17 @@ def test_reset_mask_equals_readable_steps_with_zeroed_state_and_gradients_match(
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, threads):
+@pytest.mark.parametrize("H", [260, 48])
+def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, threads, H):
     """The fast paths with document resets, against autograd through the readable step.
-    B * H is large enough that the C step splits rows over threads when given two."""
+    260 units end in a part vector (the C step's tail; no whole-window call); 48 are three
+    vectors of 16, which two threads split unevenly in the whole-window call. B * H is
+    large enough that the C step splits rows over threads when given two."""
     torch.manual_seed(6)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        T, B, I, H = 6, 16, 8, 260  # 260: a tail of units that is not a whole vector
+        T, B, I = 6, 16, 8
         cell = LSTMCell(I, H)
         x = torch.randn(T, B, I, requires_grad=True)
         h0, c0 = torch.randn(B, H, requires_grad=True), torch.randn(B, H, requires_grad=True)
