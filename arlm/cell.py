@@ -130,7 +130,7 @@ class LSTMCell(nn.Module):
         With `cache_weights` set (arlm.load sets it) and no gradients, the stacked copy is kept
         and reused until a weight changes, so reading one token at a time does not copy the
         weights each time."""
-        inference = not torch.is_grad_enabled() and self.cache_weights
+        inference = not torch.is_grad_enabled() and self.cache_weights and not (weight_drop > 0 and self.training)
         if inference:
             key = tuple((p.data_ptr(), p._version) for p in (self.W_f, self.W_i, self.W_c, self.W_o,
                                                              self.b_f, self.b_i, self.b_c, self.b_o))
@@ -232,11 +232,14 @@ class _Sequence(torch.autograd.Function):
     """Forward and backward of the LSTM equations over a window, by hand."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # the recurrence stays float32 under autocast
+    # The recurrence stays float32 under autocast (and the C paths read float32 buffers).
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x, h0, c0, W, b, keep=None, reuse=False, low=None):
         T, B, I = x.shape
         H = h0.shape[1]
-        lib = _kernel_for(x)
+        # The C paths read and write float32 buffers: every input must be float32.
+        lib = _kernel_for(x) if all(t.dtype == torch.float32 for t in (h0, c0, W, b)) else None
         low = low if reuse and lib is not None and kernel.supports(low or "") else None
         W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
         # The input half of every gate for all steps at once, gx (T, B, 4H), and the
@@ -262,14 +265,14 @@ class _Sequence(torch.autograd.Function):
         tanh_cs = x.new_empty(T, B, H)
         if low is not None:  # the whole window in C: each step's product and element-wise half
             h0, c0 = h0.contiguous(), c0.contiguous()
-            keep = keep.to(torch.float32).contiguous() if keep is not None else None
+            keep = keep.to(torch.float32).expand(T, B, 1).contiguous() if keep is not None else None
             Wq.lstm_sequence(gx, b.contiguous(), h0, c0, keep, gates, cs, tanh_cs, hs)
             h, c = hs[T - 1], cs[T - 1]
         elif lib is not None and _whole_window(lib, T, B, H):
             # The whole window in one C call: per step, each thread's columns of W_h·h_{t-1}
             # and their gate math (arlm_lstm_window_forward).
             h0, c0, W, b = h0.contiguous(), c0.contiguous(), W.contiguous(), b.contiguous()
-            keep = keep.to(torch.float32).contiguous() if keep is not None else None
+            keep = keep.to(torch.float32).expand(T, B, 1).contiguous() if keep is not None else None
             # scratch, held here while C writes it: the packed weight, h_{t-1} twice, W_h·h
             packed, h_in, zh = x.new_empty(4 * H * H), x.new_empty(2 * B * H), x.new_empty(B * 4 * H)
             lib.arlm_lstm_window_forward(
@@ -281,7 +284,7 @@ class _Sequence(torch.autograd.Function):
             times_W_h = _Times(W_h, B, T, cache_on=W if reuse else None)
             h0, c0 = h0.contiguous(), c0.contiguous()
             if keep is not None:
-                keep = keep.to(torch.float32).contiguous()
+                keep = keep.to(torch.float32).expand(T, B, 1).contiguous()
             h_in = h0 * keep[0] if keep is not None else h0
             h_next = x.new_empty(B, H)  # h_t ⊙ keep_{t+1}: what the next product reads
             n, n4 = B * H * 4, B * 4 * H * 4  # bytes of one step's state / gates
@@ -313,6 +316,7 @@ class _Sequence(torch.autograd.Function):
                 c = torch.addcmul(f * c, i, c_tilde, out=cs[t])    # c_t = f ⊙ c_{t-1} + i ⊙ c̃_t
                 torch.tanh(c, out=tanh_cs[t])
                 h = torch.mul(o, tanh_cs[t], out=hs[t])            # h_t = o ⊙ tanh(c_t)
+        ctx.lib, ctx.window = lib, lib is not None and low is None and _whole_window(lib, T, B, H)  # backward takes the same path
         ctx.save_for_backward(x, h0, c0, W, gates, cs, tanh_cs, hs, keep)
         ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)  # unused outputs (gates, cs) get None, not zeros
@@ -320,6 +324,7 @@ class _Sequence(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, d_hs, d_hT, d_cT, _d_gates, _d_cs):
         x, h0, c0, W, gates, cs, tanh_cs, hs, keep = ctx.saved_tensors
         T, B, H = hs.shape
@@ -328,8 +333,8 @@ class _Sequence(torch.autograd.Function):
         if keep is not None:
             h_prev = h_prev * keep
         dG = torch.empty_like(gates)
-        lib = _kernel_for(hs)
-        if lib is not None and _whole_window(lib, T, B, H):  # the recurrence in one C call
+        lib = ctx.lib
+        if ctx.window:  # the recurrence in one C call
             dh = d_hT.clone(memory_format=torch.contiguous_format) if d_hT is not None else hs.new_zeros(B, H)
             dc = d_cT.clone(memory_format=torch.contiguous_format) if d_cT is not None else hs.new_zeros(B, H)
             d_hs = d_hs.contiguous() if d_hs is not None else None

@@ -219,3 +219,19 @@ def test_without_a_compiler_the_torch_path_runs_with_one_warning(tmp_path, monke
     finally:
         monkeypatch.undo()
         kernel.set_enabled(True)
+
+
+def test_cpu_autocast_and_odd_inputs_never_reach_the_c_paths_wrongly():
+    """Found in review: under CPU bfloat16 autocast the input product came back bfloat16
+    and the C step read it as float32. And a keep mask that broadcasts over the batch."""
+    torch.manual_seed(2)
+    cell = LSTMCell(8, 16)
+    for T, B in [(2, 3), (4, 8)]:  # the step loop, and the whole-window call
+        x, s = torch.randn(T, B, 8), (torch.zeros(B, 16), torch.zeros(B, 16))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            hs = cell.sequence(x, s)[0]
+        torch.testing.assert_close(hs.float(), readable_run(cell, x, *s)[0], atol=2e-2, rtol=0)
+        keep = torch.ones(T, 1, 1)
+        keep[1] = 0
+        torch.testing.assert_close(cell.sequence(x, s, keep=keep)[0],
+                                   readable_run(cell, x, *s, keep.expand(T, B, 1))[0], atol=1e-5, rtol=0)
