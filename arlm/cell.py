@@ -122,6 +122,11 @@ class LSTMCell(nn.Module):
 
     # --- the same equations over a window, fast --------------------------------------
 
+    def _keeps_copies(self, weight_drop: float) -> bool:
+        """Whether this call may reuse derived copies of the weights: cache on, no gradients,
+        and no DropConnect drawing a fresh weight."""
+        return not torch.is_grad_enabled() and self.cache_weights and not (weight_drop > 0 and self.training)
+
     def fused(self, weight_drop: float = 0.0) -> tuple[Tensor, Tensor]:
         """The four gates stacked in the order f, i, c̃, o: W (4H, H + I) and b (4H).
         The columns keep the [h_{t-1}, x_t] order of the named weights; gradients flow
@@ -130,7 +135,7 @@ class LSTMCell(nn.Module):
         With `cache_weights` set (arlm.load sets it) and no gradients, the stacked copy is kept
         and reused until a weight changes, so reading one token at a time does not copy the
         weights each time."""
-        inference = not torch.is_grad_enabled() and self.cache_weights and not (weight_drop > 0 and self.training)
+        inference = self._keeps_copies(weight_drop)
         if inference:
             key = tuple((p.data_ptr(), p._version) for p in (self.W_f, self.W_i, self.W_c, self.W_o,
                                                              self.b_f, self.b_i, self.b_c, self.b_o))
@@ -161,7 +166,7 @@ class LSTMCell(nn.Module):
         h0, c0 = state
         # With cached weights W is the kept stacked weight, and what the loop builds from it
         # (a contiguous, oneDNN-packed or low-precision copy) can be kept on it too.
-        reuse = not torch.is_grad_enabled() and self.cache_weights
+        reuse = self._keeps_copies(weight_drop)
         low = self.inference_weights if reuse and self.inference_weights != "float32" else None
         hs, h, c, gates, cs = _Sequence.apply(x, h0, c0, W, b, keep, reuse, low)
         H = self.hidden_size
@@ -240,7 +245,8 @@ class _Sequence(torch.autograd.Function):
         H = h0.shape[1]
         # The C paths read and write float32 buffers: every input must be float32.
         lib = _kernel_for(x) if all(t.dtype == torch.float32 for t in (h0, c0, W, b)) else None
-        low = low if reuse and lib is not None and kernel.supports(low or "") else None
+        low = low if low and reuse and lib is not None and kernel.supports(low) else None
+        window = lib is not None and low is None and _whole_window(lib, T, B, H)  # backward takes the same path
         W_h, W_x = W[:, :H], W[:, H:]  # what multiplies h_{t-1}, what multiplies x_t
         # The input half of every gate for all steps at once, gx (T, B, 4H), and the
         # product with h_{t-1} that the loop does each step.
@@ -268,7 +274,7 @@ class _Sequence(torch.autograd.Function):
             keep = keep.to(torch.float32).expand(T, B, 1).contiguous() if keep is not None else None
             Wq.lstm_sequence(gx, b.contiguous(), h0, c0, keep, gates, cs, tanh_cs, hs)
             h, c = hs[T - 1], cs[T - 1]
-        elif lib is not None and _whole_window(lib, T, B, H):
+        elif window:
             # The whole window in one C call: per step, each thread's columns of W_h·h_{t-1}
             # and their gate math (arlm_lstm_window_forward).
             h0, c0, W, b = h0.contiguous(), c0.contiguous(), W.contiguous(), b.contiguous()
@@ -316,7 +322,7 @@ class _Sequence(torch.autograd.Function):
                 c = torch.addcmul(f * c, i, c_tilde, out=cs[t])    # c_t = f ⊙ c_{t-1} + i ⊙ c̃_t
                 torch.tanh(c, out=tanh_cs[t])
                 h = torch.mul(o, tanh_cs[t], out=hs[t])            # h_t = o ⊙ tanh(c_t)
-        ctx.lib, ctx.window = lib, lib is not None and low is None and _whole_window(lib, T, B, H)  # backward takes the same path
+        ctx.lib, ctx.window = lib, window
         ctx.save_for_backward(x, h0, c0, W, gates, cs, tanh_cs, hs, keep)
         ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)  # unused outputs (gates, cs) get None, not zeros

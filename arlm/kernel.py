@@ -19,6 +19,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("lstm_step.c")
 FLAGS = ["-O3", "-march=native", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp"]
 # -fopenmp links libgomp.so.1, the same soname torch's CPU build has already loaded, so
@@ -115,11 +117,8 @@ class LowPrecision:
     the product runs along their thousands of rows, unless not `transposable` (a weight
     whose column ranges are multiplied separately, like a cell's fused W)."""
 
-    def __init__(self, weight: "torch.Tensor", dtype: str, transposable: bool = True):
-        import torch
-
-        lib = load()
-        if dtype not in DTYPES or lib is None or not hasattr(lib, f"arlm_matmul_{DTYPES[dtype]}"):
+    def __init__(self, weight: torch.Tensor, dtype: str, transposable: bool = True):
+        if dtype == "float32" or not supports(dtype):
             raise ValueError(f"{dtype} inference weights need the C step (a C compiler); use float32")
         W = weight.detach().float()
         self.shape, self.transposed = tuple(W.shape), transposable and W.shape[1] < 128
@@ -129,6 +128,7 @@ class LowPrecision:
             scale = W.abs().amax(1).clamp_min(1e-30) / 127
             data, self.scale = torch.round(W / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale.contiguous()
         self.data = (data.t() if self.transposed else data).contiguous()
+        lib = load()
         self._matmul = getattr(lib, f"arlm_matmul_{DTYPES[dtype]}{'_t' if self.transposed else ''}")
         self._sequence = getattr(lib, f"arlm_lstm_sequence_{DTYPES[dtype]}")
 
@@ -138,15 +138,13 @@ class LowPrecision:
         T, B, H = hs.shape
         zh, h_in = hs.new_empty(B, 4 * H), hs.new_empty(B, H)
         k = keep.data_ptr() if keep is not None else None
-        self._sequence(torch_threads(), T, B, H, self.data.data_ptr(), self.shape[1],
+        self._sequence(torch.get_num_threads(), T, B, H, self.data.data_ptr(), self.shape[1],
                        self.scale.data_ptr() if self.scale is not None else None, gx.data_ptr(), b.data_ptr(),
                        h0.data_ptr(), c0.data_ptr(), k, gates.data_ptr(), cs.data_ptr(), tanh_cs.data_ptr(),
                        hs.data_ptr(), zh.data_ptr(), h_in.data_ptr())
 
-    def matmul(self, x: "torch.Tensor", start: int = 0, width: int | None = None) -> "torch.Tensor":
+    def matmul(self, x: torch.Tensor, start: int = 0, width: int | None = None) -> torch.Tensor:
         """x (M, width) @ W[:, start:start + width]^T as float32 (M, N)."""
-        import torch
-
         N, K = self.shape
         width = K - start if width is None else width
         x = x.contiguous()
@@ -162,12 +160,6 @@ class LowPrecision:
 
 
 DTYPES = {"float16": "f16", "int8": "i8"}
-
-
-def torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def supports(dtype: str) -> bool:

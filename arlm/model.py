@@ -298,11 +298,8 @@ class LanguageModel(nn.Module):
             cell.cache_weights = enabled
         if self.adaptive is not None and isinstance(self.adaptive.head, TiedHead):
             self.adaptive.head.cache_weights = enabled
-        self.cache_weights = enabled
         if not enabled:
             self.__dict__.pop("_low_weights", None)
-
-    cache_weights = False
 
     def __getstate__(self) -> dict:  # copies and pickles leave the derived weights behind
         return {k: v for k, v in self.__dict__.items() if k != "_low_weights"}

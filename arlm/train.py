@@ -449,7 +449,6 @@ class Trainer:
 
     def _optimizer(self, kind: str):
         cfg, params = self.cfg, list(self.model.parameters())
-        self._params = params
         # One fused kernel over all parameters instead of a loop of small operations per
         # tensor: AdamW's step at a 50k vocabulary goes from ~60 ms to ~8 ms on 2 cores.
         fused = {"fused": True} if all(p.dtype == torch.float32 for p in params) else {}
@@ -664,7 +663,7 @@ class Trainer:
             self.optimizer.step()
             # A fused step writes the parameters without bumping their version counters,
             # which anything keyed on them (inference caches) relies on.
-            torch.autograd.graph.increment_version(self._params)
+            torch.autograd.graph.increment_version([p for g in self.optimizer.param_groups for p in g["params"]])
             if cfg.variable_bptt:
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
