@@ -71,6 +71,8 @@ class TrainConfig:
     # optimization
     optimizer: str = "adamw"            # adamw | sgd | ntasgd
     lr: float = 3e-3
+    lr_schedule: str = "plateau"        # plateau: cut on stalled valid | cosine: decay to 0 over the run's length
+    warmup: int = 0                     # steps of linear warm-up from 0 to --lr
     weight_decay: float = 0.01
     clip: float = 0.25                  # max global gradient norm (0: off)
     batch_size: int = 32                # parallel streams (across all processes)
@@ -120,12 +122,12 @@ class TrainConfig:
 
 CHOICES = {
     "tokenizer": ("word", "sentencepiece"), "sp_model": ("unigram", "bpe"), "softmax": ("auto", "full", "adaptive"),
-    "optimizer": ("adamw", "sgd", "ntasgd"), "device": ("auto", "cpu", "cuda", "mps"),
+    "optimizer": ("adamw", "sgd", "ntasgd"), "lr_schedule": ("plateau", "cosine"), "device": ("auto", "cpu", "cuda", "mps"),
     "encoding_errors": ("strict", "replace"),
 }
 POSITIVE = ("vocab_size", "min_freq", "emb_size", "hidden_size", "num_layers", "batch_size", "bptt", "epochs",
             "eval_batch_size", "log_interval")
-NON_NEGATIVE = ("max_steps", "time_budget", "eval_interval", "eval_tokens", "clip", "threads", "workers", "lr_patience",
+NON_NEGATIVE = ("warmup", "max_steps", "time_budget", "eval_interval", "eval_tokens", "clip", "threads", "workers", "lr_patience",
                 "early_stop", "nonmono", "weight_decay")
 
 HELP = {
@@ -149,12 +151,18 @@ HELP = {
     "cutoffs": "adaptive softmax cluster boundaries in frequency rank, comma-separated",
     "vectors": "initialize embeddings from word vectors in word2vec/fastText text format (.vec)",
     "optimizer": "AdamW, plain SGD, or NT-ASGD (SGD, then weight averaging once valid stops improving)",
-    "lr": "learning rate", "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
+    "lr": "learning rate",
+    "lr_schedule": "plateau: cut the learning rate by --lr-factor when valid stalls; cosine: decay it from --lr to 0 "
+                   "along a half cosine over the run's length (--time-budget, --max-steps or --epochs, whichever "
+                   "ends first; with a time budget the clock sets the pace)",
+    "warmup": "steps over which the learning rate rises linearly from 0 to --lr (0: none)",
+    "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
     "clip": "clip the global gradient norm to this (0: no clipping)",
     "batch_size": "parallel token streams per step, across all processes",
     "bptt": "tokens per truncated-BPTT window", "variable_bptt": "randomize window lengths as in AWD-LSTM",
     "epochs": "passes over the training data", "max_steps": "stop after this many steps (0: no limit)",
-    "time_budget": "stop after this many minutes of training (0: no limit)",
+    "time_budget": "stop after this many minutes of training, evaluations not counted, over the whole run "
+                   "(a resumed run finishes the budget; pass a larger one to extend it) (0: no limit)",
     "eval_interval": "steps between validation runs (0: at the end of each epoch)",
     "eval_batch_size": "streams for scoring valid/test",
     "eval_tokens": "score only the first N valid tokens at interval evaluations, for big corpora; "
@@ -212,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Settings come from the defaults below, then --config FILE.toml, then these flags.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m arlm.train\n  python -m arlm.train --corpus saudinewsnet --out runs/news --time-budget 30\n"
-               "  python -m arlm.train --resume runs/hadith --max-steps 5000\n"
+               "  python -m arlm.train --resume runs/hadith --time-budget 30\n"
                "  torchrun --nproc_per_node=2 -m arlm.train --batch-size 64",
     )
     p.add_argument("--config", metavar="FILE", action="append",
@@ -569,7 +577,7 @@ class Trainer:
                 self.optimizer = self._optimizer("asgd")  # NT-ASGD: start averaging from here
                 self.bad_evals = 0
                 tqdm.write(f"step {self.step}: valid stalled for {cfg.nonmono} evaluations, switching to averaged SGD")
-            elif cfg.optimizer != "ntasgd":
+            elif cfg.optimizer != "ntasgd" and cfg.lr_schedule == "plateau":
                 self.scheduler.step(valid["loss"])
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": self.epoch + 1, "tokens": self.tokens_seen, "seconds": round(self.train_seconds, 1),
@@ -582,6 +590,16 @@ class Trainer:
                 self.save("best", with_trainer=False)
             self.save("latest")
         return not (cfg.early_stop and self.bad_evals >= cfg.early_stop and not isinstance(self.optimizer, torch.optim.ASGD))
+
+    def scheduled_lr(self, total_steps: int) -> float:
+        """Cosine schedule: --lr at the start, 0 at the end of the run, where the end is the
+        first of its step limit and its time budget to come. Under a time budget the clock
+        sets the pace, so the steps it takes vary with the machine's speed."""
+        cfg = self.cfg
+        progress = self.step / max(total_steps, 1)
+        if cfg.time_budget:
+            progress = max(progress, self.train_seconds / (cfg.time_budget * 60))
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     def _flag_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -634,20 +652,27 @@ class Trainer:
                    disable=not self.main or None, desc="training")
         self._recent_loss = float("nan")
         loss_sum, loss_n = 0.0, 0
-        t_start, tokens_start, step_start = time.time(), self.tokens_seen, self.step
-        seconds_before = self.train_seconds
+        tokens_start, step_start, seconds_before = self.tokens_seen, self.step, self.train_seconds
+        if cfg.time_budget and self.train_seconds >= cfg.time_budget * 60:
+            self.stop_reason = (f"the run has already trained its --time-budget {cfg.time_budget:g} min; "
+                                f"resume with a larger one to train on")
         while not self.stop_reason:
             if self.pos >= self.rows.shape[1] - 1:  # no target left: epoch done, reset position and state
                 self.epoch, self.pos, self.state = self.epoch + 1, 0, None
                 if self.epoch >= cfg.epochs:
                     self.stop_reason = f"finished {cfg.epochs} epochs"
                     break
+            t_step = time.time()
             seq_len = batching.variable_length(cfg.bptt, self.rng) if cfg.variable_bptt else cfg.bptt
             x, y = batching.window(self.rows, self.pos, seq_len, self.device)
-            lr = self.optimizer.param_groups[0]["lr"]
-            if cfg.variable_bptt:  # longer windows carry more tokens per step: scale the step
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr * x.shape[0] / cfg.bptt
+            base = self.scheduled_lr(total) if cfg.lr_schedule == "cosine" else self.optimizer.param_groups[0]["lr"]
+            # Warm-up, and AWD-LSTM's scaling by window length (longer windows carry more
+            # tokens), shape this step only; the schedule's own value is put back after it.
+            lr = base * min(1.0, (self.step + 1) / cfg.warmup if cfg.warmup else 1.0)
+            if cfg.variable_bptt:
+                lr *= x.shape[0] / cfg.bptt
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 out = self.net(x, self.state, y)
             loss = out.loss
@@ -664,27 +689,26 @@ class Trainer:
             # A fused step writes the parameters without bumping their version counters,
             # which anything keyed on them (inference caches) relies on.
             torch.autograd.graph.increment_version([p for g in self.optimizer.param_groups for p in g["params"]])
-            if cfg.variable_bptt:
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
             self.state = detach(out.state)
             self.pos += x.shape[0]
             self.step += 1
             self.tokens_seen += x.numel() * self.world
-            self.train_seconds = seconds_before + time.time() - t_start
+            self.train_seconds += time.time() - t_step  # evaluations and checkpoints not counted
+            for g in self.optimizer.param_groups:  # what the log and the plateau scheduler see
+                g["lr"] = self.scheduled_lr(total) if cfg.lr_schedule == "cosine" else base
             loss_sum += loss.item()
             loss_n += 1
             bar.update()
             if self.step % cfg.log_interval == 0 or loss_n == 1:
                 self._recent_loss = loss_sum / loss_n
-                rate = (self.tokens_seen - tokens_start) / max(time.time() - t_start, 1e-9)
+                rate = (self.tokens_seen - tokens_start) / max(self.train_seconds - seconds_before, 1e-9)
                 bar.set_postfix(loss=f"{self._recent_loss:.3f}", ppl=f"{math.exp(min(self._recent_loss, 50)):.1f}",
                                 tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}", refresh=False)
                 if bar.disable and self.main and self.step % (cfg.log_interval * 10) == 0:
                     # No terminal (a log file, nohup, CI): tqdm stays quiet, so say it in plain lines.
-                    left = (total - self.step) * (time.time() - t_start) / max(self.step - step_start, 1)
+                    left = (total - self.step) * (self.train_seconds - seconds_before) / max(self.step - step_start, 1)
                     if cfg.time_budget:
-                        left = min(left, cfg.time_budget * 60 - (self.train_seconds - seconds_before))
+                        left = min(left, cfg.time_budget * 60 - self.train_seconds)
                     print(f"step {self.step}/{total} | loss {self._recent_loss:.3f} | ppl "
                           f"{math.exp(min(self._recent_loss, 50)):.1f} | {rate:,.0f} tokens/s | lr {lr:.1e} | "
                           f"~{left / 60:.1f} min left", flush=True)
@@ -695,12 +719,16 @@ class Trainer:
                     self.stop_reason = f"early stop: valid did not improve for {cfg.early_stop} evaluations"
             if cfg.max_steps and self.step >= cfg.max_steps:
                 self.stop_reason = self.stop_reason or f"reached --max-steps {cfg.max_steps}"
-            if cfg.time_budget and self.train_seconds - seconds_before >= cfg.time_budget * 60:
+            if cfg.time_budget and self.train_seconds >= cfg.time_budget * 60:
                 self.stop_reason = self.stop_reason or f"reached --time-budget {cfg.time_budget:g} min"
-            if self.world > 1:  # any rank's clock or signal stops every rank at the same step
-                flag = torch.tensor([1 if self.stop_reason else 0], device=self._flag_device())
+            if self.world > 1:
+                # Any rank's clock or signal stops every rank at the same step, and all ranks
+                # share the slowest clock, so a clock-paced schedule gives them the same rate.
+                flag = torch.tensor([1.0 if self.stop_reason else 0.0, self.train_seconds], dtype=torch.float64,
+                                    device=self._flag_device())
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() and not self.stop_reason:
+                self.train_seconds = flag[1].item()
+                if flag[0].item() and not self.stop_reason:
                     self.stop_reason = "stopped by another rank"
         bar.close()
         return self.finish()

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -178,15 +179,81 @@ def test_out_with_a_run_is_refused_unless_resumed_or_overwritten(text_corpus, tm
     assert json.loads((out / "summary.json").read_text())["steps"] == 7
 
 
-def test_time_budget_counts_per_invocation_and_resume_writes_in_place(text_corpus, tmp_path):
+def test_time_budget_is_the_runs_total_and_resume_writes_in_place(text_corpus, tmp_path, capsys):
     out = tmp_path / "tb"
-    assert run(text_corpus, out, "--max-steps", "5") == 0
-    state = checkpoint.load_trainer_state(out / "latest")
+    assert run(text_corpus, out, "--max-steps", "500", "--time-budget", "0.002") == 0
+    spent = checkpoint.load_trainer_state(out / "latest")
+    assert 0 < spent["step"] < 500 and spent["train_seconds"] >= 0.12
     moved = tmp_path / "moved"
     out.rename(moved)
-    # the saved run has a time budget of 0.001 min already "spent"; a new budget starts now
-    assert main(["--resume", str(moved), "--max-steps", "12", "--time-budget", "5"]) == 0
-    assert checkpoint.load_trainer_state(moved / "latest")["step"] == 12 > state["step"]
+    # The budget is spent: a resume with it trains nothing and says how to go on ...
+    assert main(["--resume", str(moved)]) == 0
+    assert "resume with a larger one" in capsys.readouterr().out
+    assert checkpoint.load_trainer_state(moved / "latest")["step"] == spent["step"]
+    # ... a larger one trains on, in the run's (moved) directory.
+    assert main(["--resume", str(moved), "--max-steps", str(spent["step"] + 5), "--time-budget", "5"]) == 0
+    assert checkpoint.load_trainer_state(moved / "latest")["step"] == spent["step"] + 5
+
+
+def _recorded_lrs(cfg: TrainConfig) -> list[float]:
+    """The learning rate of every optimizer step of a run."""
+    trainer = Trainer(cfg)
+    trainer.setup()
+    lrs, step = [], trainer.optimizer.step
+
+    def recording_step(*a, **k):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*a, **k)
+
+    trainer.optimizer.step = recording_step
+    trainer.run()
+    return lrs
+
+
+def test_cosine_schedule_with_warmup_follows_its_formula_and_the_log_shows_it(text_corpus, tmp_path):
+    cfg = load_config(["--corpus", str(text_corpus), "--out", str(tmp_path / "c"), *TINY, "--max-steps", "20",
+                       "--lr-schedule", "cosine", "--warmup", "4", "--lr", "0.01"])
+    lrs = _recorded_lrs(cfg)
+    expected = [0.01 * min(1, (k + 1) / 4) * 0.5 * (1 + math.cos(math.pi * k / 20)) for k in range(20)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    log = [json.loads(line) for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log] == pytest.approx([0.005, 0.0], abs=1e-12)  # the schedule at steps 10 and 20
+
+
+def test_plateau_schedule_warms_up_then_keeps_lr_until_valid_stalls(text_corpus, tmp_path):
+    cfg = load_config(["--corpus", str(text_corpus), "--out", str(tmp_path / "p"), *TINY, "--max-steps", "10",
+                       "--warmup", "5", "--lr", "0.002"])
+    assert _recorded_lrs(cfg) == pytest.approx([0.002 * min(1, (k + 1) / 5) for k in range(10)], rel=1e-9)
+
+
+def test_cosine_schedule_under_a_time_budget_follows_the_clock(text_corpus, tmp_path):
+    cfg = load_config(["--corpus", str(text_corpus), "--out", str(tmp_path / "t"), *TINY, "--lr-schedule", "cosine",
+                       "--lr", "0.004", "--time-budget", "10"])
+    trainer = Trainer(cfg)
+    trainer.setup()
+    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.004)
+    trainer.train_seconds = 5 * 60  # half the budget spent, few steps taken: the clock decides
+    trainer.step = 10
+    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.002)
+    trainer.train_seconds, trainer.step = 60, 750  # the step limit comes first
+    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.004 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+
+
+def test_evaluation_time_is_not_training_time(text_corpus, tmp_path, monkeypatch):
+    from arlm import kernel, train
+
+    kernel.load()  # a first build of the C step (~1 s) is training time; keep it out of the comparison
+    slow = train.evaluate
+
+    def slow_evaluate(*a, **k):
+        time.sleep(1.0)
+        return slow(*a, **k)
+
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    assert run(text_corpus, tmp_path / "e", "--max-steps", "20") == 0  # 2 interval + 2 final evaluations
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    log = [json.loads(line) for line in (tmp_path / "e" / "log.jsonl").read_text().splitlines()]
+    assert summary["train_seconds"] < 1.0 and log[1]["seconds"] < 1.0
 
 
 def test_wrong_types_in_a_config_file_are_one_line_errors(tmp_path, capsys):
