@@ -72,6 +72,7 @@ class TrainConfig:
     optimizer: str = "adamw"            # adamw | sgd | ntasgd
     lr: float = 3e-3
     lr_schedule: str = "plateau"        # plateau: cut on stalled valid | cosine: decay to 0 over the run's length
+    decay_start: float = 0.0            # cosine: fraction of the run before the decay begins (0: decay throughout)
     warmup: int = 0                     # steps of linear warm-up from 0 to --lr
     weight_decay: float = 0.01
     clip: float = 0.25                  # max global gradient norm (0: off)
@@ -155,6 +156,8 @@ HELP = {
     "lr_schedule": "plateau: cut the learning rate by --lr-factor when valid stalls; cosine: decay it from --lr to 0 "
                    "along a half cosine over the run's length (--time-budget, --max-steps or --epochs, whichever "
                    "ends first; with a time budget the clock sets the pace)",
+    "decay_start": "cosine: the fraction of the run at the constant --lr before the decay starts, e.g. 0.85 "
+                   "decays over the last 15%% only (0: decay from the start)",
     "warmup": "steps over which the learning rate rises linearly from 0 to --lr (0: none)",
     "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
     "clip": "clip the global gradient norm to this (0: no clipping)",
@@ -270,6 +273,8 @@ def validate(cfg: TrainConfig) -> None:
             problems.append(f"--{name.replace('_', '-')} must be in [0, 1) (got {getattr(cfg, name)})")
     if cfg.lr <= 0:
         problems.append(f"--lr must be positive (got {cfg.lr})")
+    if not 0 <= cfg.decay_start < 1:
+        problems.append(f"--decay-start must be in [0, 1) (got {cfg.decay_start})")
     if not 0 < cfg.lr_factor < 1:
         problems.append(f"--lr-factor must be in (0, 1) (got {cfg.lr_factor})")
     if problems:
@@ -592,14 +597,16 @@ class Trainer:
         return not (cfg.early_stop and self.bad_evals >= cfg.early_stop and not isinstance(self.optimizer, torch.optim.ASGD))
 
     def scheduled_lr(self, total_steps: int) -> float:
-        """Cosine schedule: --lr at the start, 0 at the end of the run, where the end is the
-        first of its step limit and its time budget to come. Under a time budget the clock
-        sets the pace, so the steps it takes vary with the machine's speed."""
+        """Cosine schedule: --lr until --decay-start of the run, then a half cosine down to
+        0 at its end, where the end is the first of its step limit and its time budget to
+        come. Under a time budget the clock sets the pace, so the steps it takes vary with
+        the machine's speed."""
         cfg = self.cfg
         progress = self.step / max(total_steps, 1)
         if cfg.time_budget:
             progress = max(progress, self.train_seconds / (cfg.time_budget * 60))
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        decayed = max(0.0, min(progress, 1.0) - cfg.decay_start) / (1.0 - cfg.decay_start)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * decayed))
 
     def _flag_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")

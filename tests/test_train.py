@@ -237,6 +237,14 @@ def test_cosine_schedule_under_a_time_budget_follows_the_clock(text_corpus, tmp_
     assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.002)
     trainer.train_seconds, trainer.step = 60, 750  # the step limit comes first
     assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.004 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+    trainer.cfg.decay_start = 0.8  # constant for 80% of the run, then the half cosine over the rest
+    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.004)
+    trainer.step = 900
+    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.002)
+    trainer.step = 1000
+    assert trainer.scheduled_lr(total_steps=1000) == 0.0
+    with pytest.raises(SystemExit):
+        load_config(["--decay-start", "1"])
 
 
 def test_evaluation_time_is_not_training_time(text_corpus, tmp_path, monkeypatch):
