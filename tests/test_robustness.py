@@ -1,7 +1,8 @@
 """Bad input from anywhere: the text pipeline never raises, outputs stay stable, limits hold."""
 
 import pytest
-from hypothesis import given, settings
+from camel_tools.tokenizers.word import simple_word_tokenize
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import arlm.corpus as corpus
@@ -21,11 +22,16 @@ nasty_text = st.lists(st.one_of(st.sampled_from(NASTY), st.sampled_from(list("ا
 
 @settings(max_examples=500, deadline=None)
 @given(nasty_text)
+@example("ا🏳🏻")
 def test_normalize_and_tokenize_never_raise_and_are_idempotent(text):
     once = normalize(text)
     assert normalize(once) == once
     tokens = word_tokenize(once)
-    assert word_tokenize(" ".join(tokens)) == tokens  # tokenizing the tokens changes nothing
+    again = word_tokenize(" ".join(tokens))  # tokenizing the tokens changes nothing ...
+    if again != tokens:  # ... except where camel-tools' own tokenizer, which arlm matches, is not
+        # idempotent either: a letter, a flag and a skin tone ('ا🏳🏻') give ['ا🏳', '🏻'].
+        assert tokens == simple_word_tokenize(once, split_digits=True)
+        assert again == simple_word_tokenize(" ".join(tokens), split_digits=True)
     assert all(t and not any(c.isspace() for c in t) for t in tokens)
 
 
