@@ -80,13 +80,39 @@ def save(directory: str | os.PathLike, model: LanguageModel, tokenizer, run_conf
     return final
 
 
+def _whole(directory: Path) -> Path | None:
+    """`directory` if it holds a saved checkpoint, else the `.old` copy that a crash between
+    the two renames of `save` leaves in its place, else None. The one place that knows
+    the recovery rule."""
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    return None
+
+
+def resumable(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint a run continues from: its latest/ (or what a crash mid-save left of it)."""
+    run_dir = Path(run_dir)
+    found = _whole(run_dir / "latest")
+    if found is None:
+        if not run_dir.exists():
+            raise CheckpointError(f"{run_dir}: no such checkpoint directory")
+        raise CheckpointError(f"{run_dir}: no latest/{CONFIG_FILE} here; is this an arlm run directory?")
+    return found
+
+
 def model_dir(path: str | os.PathLike) -> Path:
     """The model directory inside a run directory: the path itself, else best/, else latest/
     (or a `.old` copy left by a crash mid-swap)."""
     path = Path(path)
-    for candidate in (path, path / "best", path / "latest", path / "best.old", path / "latest.old"):
+    if (path / CONFIG_FILE).is_file():
+        return path
+    for candidate in (path / "best", path / "latest"):  # a whole one first, then a recovered one
         if (candidate / CONFIG_FILE).is_file():
             return candidate
+    for candidate in (path / "best", path / "latest"):
+        if (found := _whole(candidate)) is not None:
+            return found
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     raise CheckpointError(f"{path}: no {CONFIG_FILE} here or in best/ or latest/; is this an arlm checkpoint?")

@@ -3,8 +3,10 @@
     sentence ──tokenizer──▶ [<eos>] + ids ──model(record=True)──▶ f, i, c̃, o, c, h of every layer
                                                    └──log_probs──▶ the top-k next-word guesses
 
-Recording reuses the model's own forward pass: `record=True` hands back the `Trace` the
-cell computes anyway, so what you see is exactly what training and prediction compute.
+Recording reads the inference engine (arlm/inference.py, the same backend paths as the
+model's own forward pass): `record=True` hands back the `Trace` every layer computes
+anyway, so what you see is exactly what training and prediction compute. Pass a trained
+`LanguageModel` (a float32 engine is built from it), a `FrozenModel` or a Predictor.
 A sentence is read as `[<eos>] + encode(sentence)`, because the model reads <eos> as "a
 document starts here"; the <eos> step is run (so the state is right) but not reported.
 
@@ -37,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from arlm.inference import FrozenModel, frozen
 
 GATES = ("f", "i", "c_tilde", "o", "c", "h")          # the order of arlm.cell.Trace
 SIGMOID_GATES = ("f", "i", "o")                        # the gates saturation is about
@@ -144,33 +148,30 @@ def record(model, tokenizer, sentences: list[str] | str, top_k: int = 5, batch_s
     if not sentences:
         raise ValueError("no sentences to record")
     prepared = [_prepare(n, s, tokenizer) for n, s in enumerate(sentences, 1)]
-    k = max(1, min(top_k, model.config.vocab_size))
-    was_training = model.training
-    model.eval()  # dropout would make the gates random
-    try:
-        out: list[SentenceRecord] = []
-        for start in range(0, len(prepared), batch_size):
-            out += _record_batch(model, tokenizer, prepared[start : start + batch_size], k)
-    finally:
-        model.train(was_training)
-    return GateRecord(out, model.config.num_layers, model.config.hidden_size, k)
+    engine = frozen(model)  # no dropout: the gates of the trained weights
+    k = max(1, min(top_k, engine.config.vocab_size))
+    out: list[SentenceRecord] = []
+    for start in range(0, len(prepared), batch_size):
+        out += _record_batch(engine, tokenizer, prepared[start : start + batch_size], k)
+    return GateRecord(out, engine.config.num_layers, engine.config.hidden_size, k)
 
 
-def _record_batch(model, tokenizer, batch: list[tuple[str, list[str], list[int]]], k: int) -> list[SentenceRecord]:
-    device = model.embedding.weight.device
+def _record_batch(engine: FrozenModel, tokenizer, batch: list[tuple[str, list[str], list[int]]], k: int
+                  ) -> list[SentenceRecord]:
+    device = engine.device
     lengths = [len(ids) for _, _, ids in batch]
     ids = torch.full((max(lengths) + 1, len(batch)), tokenizer.pad_id, dtype=torch.long)
     for b, (_, _, sentence_ids) in enumerate(batch):
         ids[0, b] = tokenizer.eos_id
         ids[1 : lengths[b] + 1, b] = torch.tensor(sentence_ids)
-    out = model(ids.to(device), record=True)
+    out = engine(ids.to(device), record=True)
     records = []
     for b, (text, tokens, sentence_ids) in enumerate(batch):
         n = lengths[b]
         # Steps 1..n are the sentence's tokens (step 0 read <eos>; steps after n are padding).
         layers = [{g: getattr(trace, g)[1 : n + 1, b].float().cpu().numpy().copy() for g in GATES}
                   for trace in out.traces]
-        probs = model.log_probs(out.features[: n + 1, b]).exp().float().cpu()  # (n + 1, V)
+        probs = engine.log_probs(out.features[: n + 1, b]).exp().float().cpu()  # (n + 1, V)
         token_probs = probs[torch.arange(n), torch.tensor(sentence_ids)].tolist()
         p, idx = probs[1:].topk(k, dim=-1)
         top = [[(tokenizer.id_to_token(int(i)), float(q)) for q, i in zip(pr, ix)] for pr, ix in zip(p.tolist(), idx.tolist())]
@@ -196,7 +197,8 @@ class CorpusStats:
 
     left / right: (layers, 3, units) saturated fractions of f, i, o (SIGMOID_GATES order);
     activations[gate]: (steps, layers, units) values of the searched gates, for the unit
-    search; positions: each step's position since the last <eos> (0 on the <eos> itself)."""
+    search; positions: each step's position since the last <eos> (0 on the <eos> itself);
+    special_ids: the tokenizer's <pad>, <unk>, <bos>, <eos> ids."""
 
     ids: np.ndarray
     tokens: list[str]
@@ -204,6 +206,12 @@ class CorpusStats:
     left: np.ndarray
     right: np.ndarray
     activations: dict[str, np.ndarray] = field(default_factory=dict)
+    special_ids: tuple[int, ...] = ()
+
+    @property
+    def is_word(self) -> np.ndarray:
+        """(steps,) True where the token read is a word, not a special token."""
+        return ~np.isin(self.ids, self.special_ids)
 
     @property
     def steps(self) -> int:
@@ -267,35 +275,31 @@ def corpus_stats(model, tokenizer, ids: np.ndarray, search_gates: tuple[str, ...
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size == 0:
         raise ValueError("the corpus stream is empty")
-    L, H = model.config.num_layers, model.config.hidden_size
+    engine = frozen(model)
+    L, H = engine.config.num_layers, engine.config.hidden_size
     sat = [GATES.index(g) for g in SIGMOID_GATES]
     left = np.zeros((L, len(sat), H))
     right = np.zeros((L, len(sat), H))
     kept = {g: np.empty((len(ids), L, H), dtype=np.float32) for g in search_gates}
-    was_training = model.training
-    model.eval()
-    device = model.embedding.weight.device
     state = None
-    try:
-        for start in range(0, len(ids), window):
-            chunk = torch.from_numpy(ids[start : start + window]).view(-1, 1).to(device)
-            out = model(chunk, state, record=True)
-            state = out.state
-            for l, trace in enumerate(out.traces):
-                for j, g in enumerate(sat):
-                    v = trace[g][:, 0]
-                    left[l, j] += (v < low).sum(0).cpu().numpy()
-                    right[l, j] += (v > high).sum(0).cpu().numpy()
-                for g in search_gates:
-                    kept[g][start : start + len(chunk), l] = getattr(trace, g)[:, 0].float().cpu().numpy()
-    finally:
-        model.train(was_training)
+    for start in range(0, len(ids), window):
+        chunk = torch.from_numpy(ids[start : start + window]).view(-1, 1).to(engine.device)
+        out = engine(chunk, state, record=True)
+        state = out.state
+        for l, trace in enumerate(out.traces):
+            for j, g in enumerate(sat):
+                v = trace[g][:, 0]
+                left[l, j] += (v < low).sum(0).cpu().numpy()
+                right[l, j] += (v > high).sum(0).cpu().numpy()
+            for g in search_gates:
+                kept[g][start : start + len(chunk), l] = getattr(trace, g)[:, 0].float().cpu().numpy()
     eos = np.flatnonzero(ids == tokenizer.eos_id)
     last_eos = np.full(len(ids), -1)
     last_eos[eos] = eos
     positions = np.arange(len(ids)) - np.maximum.accumulate(last_eos)  # steps since the last <eos>
     tokens = [tokenizer.id_to_token(int(i)) for i in ids]
-    return CorpusStats(ids, tokens, positions, left / len(ids), right / len(ids), kept)
+    special = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id)
+    return CorpusStats(ids, tokens, positions, left / len(ids), right / len(ids), kept, special)
 
 
 # --- token properties and the unit search ----------------------------------------------
@@ -407,7 +411,7 @@ def search_units(stats: CorpusStats, pattern: str | None = None, top: int = 5,
     gets an empty list."""
     if properties is None:
         properties = token_properties(stats.tokens, stats.positions, pattern)
-    keep = stats.ids > 3  # pad 0, unk 1, bos 2, eos 3
+    keep = stats.is_word
     results: dict[str, list[UnitScore]] = {}
     for name, prop in properties.items():
         prop = np.asarray(prop)[keep]

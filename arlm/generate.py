@@ -36,7 +36,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from arlm import checkpoint
+from arlm import checkpoint, cli
+from arlm.inference import WEIGHTS, FrozenModel
 from arlm.model import LanguageModel, State
 from arlm.tokenizer import BOS, EOS, PAD, UNK
 
@@ -111,6 +112,12 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def check_k(k) -> None:
+    """Raise ValueError unless k is a usable number of results."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+
+
 def _check_prompt(prompt) -> str:
     if not isinstance(prompt, str):
         raise ValueError(f"a prompt must be a string, got {type(prompt).__name__}")
@@ -123,18 +130,21 @@ def _check_prompt(prompt) -> str:
 class Predictor:
     """A trained model and its tokenizer, ready to predict, generate, search and score.
 
-    Build it with `load(path)` (or `arlm.load(path)`). Attributes: `model` (in eval mode),
-    `tokenizer`, `config` (the checkpoint's config dict), `device`.
+    Build it with `load(path)` (or `arlm.load(path)`). Attributes: `model` (the readable
+    LanguageModel, in eval mode), `engine` (the FrozenModel every call reads: the model's
+    weights prepared once, in `weights` precision), `tokenizer`, `config` (the checkpoint's
+    config dict), `device`. Changing `model`'s weights afterwards does not change the
+    answers: build a new Predictor for new weights.
     """
 
-    def __init__(self, model: LanguageModel, tokenizer, config: dict | None = None):
+    def __init__(self, model: LanguageModel, tokenizer, config: dict | None = None, weights: str = "float32"):
         if tokenizer.vocab_size != model.config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
         self.model = model.eval()
-        model.set_inference_cache(True)  # fixed weights, many small calls: keep derived copies
+        self.engine = FrozenModel(model, weights)
         self.tokenizer = tokenizer
         self.config = config or {}
-        self.device = next(model.parameters()).device
+        self.device = self.engine.device
         # Ids never proposed: <pad> and <bos> never occur in a training stream, and <unk>
         # is not a word (only when asked). Built once here and only ever read afterwards.
         never = torch.zeros(tokenizer.vocab_size, dtype=torch.bool, device=self.device)
@@ -154,7 +164,8 @@ class Predictor:
     def __repr__(self) -> str:
         c = self.model.config
         return (f"Predictor(vocab={c.vocab_size}, layers={c.num_layers}, hidden={c.hidden_size}, "
-                f"softmax={'adaptive' if c.uses_adaptive else 'full'}, device={self.device})")
+                f"softmax={'adaptive' if c.uses_adaptive else 'full'}, weights={self.engine.weights}, "
+                f"device={self.device})")
 
     # --- reading text ------------------------------------------------------------------
 
@@ -171,7 +182,7 @@ class Predictor:
         state = None
         for start in range(0, len(ids), READ_CHUNK):
             x = torch.tensor(ids[start:start + READ_CHUNK], dtype=torch.long, device=self.device).view(-1, 1)
-            out = self.model(x, state, last_only=last_only)
+            out = self.engine(x, state, last_only=last_only)
             state = out.state
             yield out.features[:, 0], state
 
@@ -179,7 +190,7 @@ class Predictor:
         """(log-probabilities of the next token (V,), state (L, 1, H)) after reading the prompt."""
         for features, state in self._walk(self._ids(prompt), last_only=True):
             pass
-        return self.model.log_probs(features[-1]), state
+        return self.engine.log_probs(features[-1]), state
 
     def _token(self, i: int) -> str:
         return self._special_names.get(i) or self.tokenizer.id_to_token(i)
@@ -211,8 +222,7 @@ class Predictor:
 
         <pad> and <bos> are never listed, nor <unk> unless allow_unk; "<eos>" means the text
         ends here. Probabilities are the model's own, not renormalized over the list."""
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        check_k(k)
         banned = self._banned(allow_unk)
         with torch.inference_mode():
             log_probs, _ = self._read(prefix)
@@ -280,7 +290,7 @@ class Predictor:
                         out[b].append(token)
                 if all(done) or t + 1 == max_new_tokens:
                     break
-                log_probs, state = self.model.step(next_ids, state)
+                log_probs, state = self.engine.step(next_ids, state)
         return out
 
     def _choose(self, log_probs: Tensor, banned: Tensor, temperature: float, top_k: int | None,
@@ -350,7 +360,7 @@ class Predictor:
                 pick = torch.tensor(origins, device=self.device)
                 state = (state[0].index_select(1, pick), state[1].index_select(1, pick))
                 last = torch.tensor([ids[-1] for ids in beams], device=self.device)
-                log_probs, state = self.model.step(last, state)
+                log_probs, state = self.engine.step(last, state)
             finished += zip(beams, totals.tolist())  # still open after max_new_tokens: as they are
 
         def score(total: float, length: int) -> float:
@@ -375,7 +385,7 @@ class Predictor:
             chunks = []
             for start, (features, _) in zip(range(0, len(ids), READ_CHUNK), self._walk(ids)):
                 y = torch.tensor(targets[start:start + READ_CHUNK], dtype=torch.long, device=self.device)
-                chunks.append(-self.model.nll(features, y))
+                chunks.append(-self.engine.nll(features, y))
             log_probs = torch.cat(chunks).tolist()
         total = math.fsum(log_probs)
         mean_nll = -total / len(targets)
@@ -396,14 +406,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", weights: s
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     model, tokenizer, config = checkpoint.load(path, check_device(device))
-    if weights != "float32":
-        if next(model.parameters()).device.type != "cpu":
-            raise ValueError(f"{weights} weights are for CPU inference; on {device} use float32")
-        model.set_inference_weights(weights)
-    return Predictor(model, tokenizer, config)
-
-
-WEIGHTS = ("float32", "float16", "int8")
+    return Predictor(model, tokenizer, config, weights)
 
 
 # --- command line -------------------------------------------------------------------
@@ -529,38 +532,37 @@ def _utf8(stream) -> None:
             pass
 
 
+def _run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    prompts = None
+    if args.prompt_file is not None:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    elif not args.interactive:
+        prompts = [args.prompt]
+    lm = load(args.checkpoint, args.device, args.weights)
+    if args.interactive:
+        if sys.stdin.isatty():
+            print("one prompt per line; Ctrl-D to end", file=sys.stderr)
+        for line in sys.stdin:
+            _answer(lm, line.strip(), args, sys.stdout)
+    else:
+        for prompt in prompts:
+            _answer(lm, prompt, args, sys.stdout)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The `arlm-generate` command. Returns 0 on success, 2 on a bad input (one `error:` line)."""
+    """The `arlm-generate` command: 0 on success, 2 on a bad input, 1 on a failed run, 130 on
+    Ctrl-C, with one `error: ...` line (arlm/cli.py)."""
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         _utf8(stream)
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        _check_args(args)
-        prompts = None
-        if args.prompt_file is not None:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompts = [line.strip() for line in f if line.strip()]
-        elif not args.interactive:
-            prompts = [args.prompt]
-        lm = load(args.checkpoint, args.device, args.weights)
-        if args.interactive:
-            if sys.stdin.isatty():
-                print("one prompt per line; Ctrl-D to end", file=sys.stderr)
-            for line in sys.stdin:
-                _answer(lm, line.strip(), args, sys.stdout)
-        else:
-            for prompt in prompts:
-                _answer(lm, prompt, args, sys.stdout)
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError; FileNotFoundError an OSError
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+
+    def body() -> int:
+        return _run(parser.parse_args(argv))  # parse errors are ValueErrors (_Parser); --help a SystemExit
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

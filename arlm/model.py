@@ -3,23 +3,24 @@
     ids (T, B) ─ embedding ─ dropout ─▶ LSTM layer 1 ─ dropout ─▶ … ─▶ LSTM layer L
         ─ dropout ─ (projection H→E when tied and H ≠ E) ─▶ softmax over the vocabulary
 
-One forward path serves training, evaluation, generation (`step`) and gate recording
-(`record=True` returns every layer's f, i, c̃, o, c and h). The model knows nothing
-about files or Arabic: `ModelConfig` is everything needed to rebuild it.
+The model holds the parameters and the forward pass, and nothing else: no caches, no
+low-precision copies, nothing about files or Arabic. One forward path serves training,
+evaluation and gate recording (`record=True` returns every layer's f, i, c̃, o, c and h);
+`ModelConfig` is everything needed to rebuild it. Prediction, generation and export read
+a `FrozenModel` (arlm/inference.py), built once from these weights.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from arlm import kernel
 from arlm.cell import LSTMCell, Trace
+from arlm.config import ModelConfig
 
 State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, batch, hidden)
 
@@ -123,73 +124,6 @@ def embedding_dropout(weight: Tensor, ids: Tensor, p: float, training: bool) -> 
 # --- the language model ------------------------------------------------------------
 
 
-@dataclass
-class ModelConfig:
-    """Everything that defines the network; saved as JSON beside the weights.
-
-    vocab_size:      number of token ids (from the tokenizer).
-    emb_size:        embedding width (and output width when weights are tied).
-    hidden_size:     LSTM units per layer.
-    num_layers:      stacked LSTM layers.
-    dropout:         locked dropout on the LSTM output, before the softmax.
-    dropout_input:   locked dropout on the embeddings, before layer 1.
-    dropout_hidden:  locked dropout between LSTM layers.
-    dropout_embedding: drop whole words from the embedding matrix (AWD-LSTM's dropoute).
-    weight_drop:     DropConnect on the hidden-to-hidden weights.
-    tie_weights:     the output layer reuses the embedding matrix (Press & Wolf 2017; Inan
-                     et al. 2017); with hidden_size ≠ emb_size a projection H→E comes first.
-                     With the adaptive softmax, the head's shortlist rows are tied (the tail
-                     clusters have their own, narrower projections).
-    softmax:         "full", or "adaptive" (Grave et al. 2017): frequent words in a small
-                     head, rare words in clusters of smaller width, for large vocabularies.
-    reset_at_eos:    zero the LSTM state before reading <eos> (id `eos_id`): every document
-                     is read from the same start-of-document state, in training, evaluation
-                     and generation alike, and the state never drifts over thousands of
-                     tokens of unrelated documents.
-    cutoffs:         adaptive softmax cluster boundaries (ids are frequency-ordered);
-                     cutoffs ≥ vocab_size - 1 are dropped, and with none left the full
-                     softmax is used.
-    adaptive_div:    how much narrower each adaptive cluster is than the one before.
-    """
-
-    vocab_size: int
-    emb_size: int = 256
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.2
-    dropout_input: float = 0.2
-    dropout_hidden: float = 0.1
-    dropout_embedding: float = 0.05
-    weight_drop: float = 0.1
-    tie_weights: bool = True
-    softmax: str = "adaptive"
-    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
-    adaptive_div: float = 4.0
-    reset_at_eos: bool = True
-    eos_id: int = 3
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "emb_size", "hidden_size", "num_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("dropout", "dropout_input", "dropout_hidden", "dropout_embedding", "weight_drop"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.softmax not in ("full", "adaptive"):
-            raise ValueError(f"softmax must be full or adaptive, got {self.softmax!r}")
-
-    @property
-    def effective_cutoffs(self) -> list[int]:
-        return [c for c in sorted(self.cutoffs) if 0 < c < self.vocab_size - 1]
-
-    @property
-    def uses_adaptive(self) -> bool:
-        return self.softmax == "adaptive" and bool(self.effective_cutoffs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class TiedHead(nn.Module):
     """The adaptive softmax head with its shortlist rows tied to the embeddings.
 
@@ -201,22 +135,9 @@ class TiedHead(nn.Module):
         self.embedding, self.shortlist = embedding, shortlist
         self.cluster_weight = nn.Parameter(torch.empty(n_clusters, embedding.embedding_dim).uniform_(-0.1, 0.1))
 
-    cache_weights = False  # see LanguageModel.set_inference_cache
-
-    def __getstate__(self) -> dict:  # copies and pickles leave the derived weights behind
-        return {k: v for k, v in self.__dict__.items() if k != "_weight_cache"}
-
     def weight(self) -> Tensor:
-        """The head's rows: the shortlist's embeddings, then one row per cluster. With
-        `cache_weights` and no gradients (generation) the concatenation is kept until a weight
-        changes: copying 2 MB per generated token cost more than the product itself."""
-        if torch.is_grad_enabled() or not self.cache_weights:
-            return torch.cat([self.embedding.weight[: self.shortlist], self.cluster_weight])
-        key = tuple((p.data_ptr(), p._version) for p in (self.embedding.weight, self.cluster_weight))
-        cached = getattr(self, "_weight_cache", None)
-        if cached is None or cached[0] != key:
-            cached = self._weight_cache = (key, torch.cat([self.embedding.weight[: self.shortlist], self.cluster_weight]))
-        return cached[1]
+        """The head's rows: the shortlist's embeddings, then one row per cluster."""
+        return torch.cat([self.embedding.weight[: self.shortlist], self.cluster_weight])
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight())
@@ -264,7 +185,7 @@ class LanguageModel(nn.Module):
         if last_only:
             y = y[-1:]
         if self.projection is not None:
-            y = self._linear(y, "projection", self.projection.weight, self.projection.bias)
+            y = self.projection(y)
         loss = self.nll(y.reshape(-1, y.shape[-1]), targets.reshape(-1)).mean() if targets is not None else None
         return Output(y, state, loss, traces)
 
@@ -279,82 +200,10 @@ class LanguageModel(nn.Module):
         shape = features.shape[:-1]
         flat = features.reshape(-1, features.shape[-1])
         if self.adaptive is not None:
-            out = self._adaptive_log_prob(flat) if self._low(flat) else self.adaptive.log_prob(flat)
+            out = self.adaptive.log_prob(flat)
         else:
-            out = F.log_softmax(self._linear(flat, "decoder", self.decoder.weight, self.decoder.bias), -1)
+            out = F.log_softmax(self.decoder(flat), -1)
         return out.view(*shape, -1)
-
-    # --- inference from smaller weights ----------------------------------------------
-
-    inference_weights = "float32"
-
-    def set_inference_cache(self, enabled: bool) -> None:
-        """Keep derived copies of the weights (the cells' stacked, packed and low-precision
-        copies, the tied head's rows) between calls without gradients: for repeated
-        inference on fixed weights, e.g. decoding one token at a time (arlm.load turns it
-        on). A copy is remade when a parameter's version changes, but fused optimizers
-        update parameters without bumping versions, so it is off while training."""
-        for cell in self.lstm.cells:
-            cell.cache_weights = enabled
-        if self.adaptive is not None and isinstance(self.adaptive.head, TiedHead):
-            self.adaptive.head.cache_weights = enabled
-        if not enabled:
-            self.__dict__.pop("_low_weights", None)
-
-    def __getstate__(self) -> dict:  # copies and pickles leave the derived weights behind
-        return {k: v for k, v in self.__dict__.items() if k != "_low_weights"}
-
-    def set_inference_weights(self, dtype: str) -> None:
-        """The precision of the weights read when running without gradients on a CPU
-        (LSTM, projection, softmax): "float32" (default), "float16" or "int8" (one scale
-        per row). Decoding one token reads every weight once, so its speed is the speed
-        of reading memory: float16 halves the bytes and int8 quarters them, which keeps
-        the default model in the CPU's cache. The parameters stay float32 and training is
-        unchanged; BENCHMARKS.md gives the speed and the (tiny) perplexity change. The
-        copies are kept between calls (set_inference_cache(True))."""
-        if dtype not in ("float32", "float16", "int8"):
-            raise ValueError(f"inference weights must be float32, float16 or int8, got {dtype!r}")
-        if not kernel.supports(dtype):
-            raise ValueError(f"{dtype} inference weights need arlm's C step, which could not be built here "
-                             "(is a C compiler installed?); use float32")
-        self.inference_weights = dtype
-        for cell in self.lstm.cells:
-            cell.inference_weights = dtype
-        if dtype != "float32":
-            self.set_inference_cache(True)
-
-    def _low(self, x: Tensor) -> bool:
-        return (self.inference_weights != "float32" and not torch.is_grad_enabled() and x.device.type == "cpu"
-                and x.dtype == torch.float32)
-
-    def _linear(self, x: Tensor, name: str, weight: Tensor, bias: Tensor | None = None,
-                sources: tuple[Tensor, ...] = ()) -> Tensor:
-        """F.linear(x, weight, bias), from a float16/int8 copy of weight when _low(x); the
-        copy is kept until the parameters it is made of (`sources`, default the weight) change."""
-        if not self._low(x):
-            return F.linear(x, weight, bias)
-        cache = self.__dict__.setdefault("_low_weights", {})
-        key = (self.inference_weights, *((p.data_ptr(), p._version) for p in (sources or (weight,))))
-        if name not in cache or cache[name][0] != key:
-            cache[name] = (key, kernel.LowPrecision(weight, self.inference_weights))
-        y = cache[name][1].matmul(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
-        return y if bias is None else y + bias
-
-    def _adaptive_log_prob(self, x: Tensor) -> Tensor:
-        """AdaptiveLogSoftmaxWithLoss.log_prob, with every product through _linear."""
-        a = self.adaptive
-        if isinstance(a.head, TiedHead):
-            logits = self._linear(x, "head", a.head.weight(), sources=(a.head.embedding.weight, a.head.cluster_weight))
-        else:
-            logits = self._linear(x, "head", a.head.weight, a.head.bias)
-        head = F.log_softmax(logits, -1)
-        out = x.new_empty(x.shape[0], a.n_classes)
-        out[:, : a.shortlist_size] = head[:, : a.shortlist_size]
-        for k, tail in enumerate(a.tail):
-            start, stop = a.cutoffs[k], a.cutoffs[k + 1]
-            z = self._linear(self._linear(x, f"tail{k}.0", tail[0].weight), f"tail{k}.1", tail[1].weight)
-            out[:, start:stop] = F.log_softmax(z, -1) + head[:, a.shortlist_size + k, None]
-        return out
 
     def init_state(self, batch_size: int, device=None) -> State:
         return self.lstm.init_state(batch_size, device or self.embedding.weight.device, self.embedding.weight.dtype)

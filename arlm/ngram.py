@@ -52,6 +52,8 @@ from typing import Sequence
 
 import numpy as np
 
+from arlm import cli
+
 # Discounts used for an order whose count-of-counts cannot support the formula
 # (some n_i is zero, or a discount comes out <= 0); KenLM uses the same values.
 # Typical for unigram continuation counts on tiny vocabularies, never for real corpora.
@@ -249,7 +251,7 @@ class KneserNey:
 
 # ---------------------------------------------------------------------- command line
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m arlm.ngram",
         description="Fit modified Kneser-Ney n-gram baselines on a corpus's train split and "
@@ -266,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", choices=["word", "sentencepiece"], default="word",
                         help="tokenizer kind (must match the LSTM run being compared against)")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _run(args: argparse.Namespace) -> int:
+    # imported here: the model above needs neither, and the tests swap in fakes for both
     from arlm.corpus import prepare
     from arlm.tokenizer import TokenizerConfig
 
@@ -292,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"corpus": args.corpus, "tokenizer": args.tokenizer, "vocab_size": V,
                        "min_freq": args.min_freq, "results": results}, f, indent=2)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`arlm-ngram`: 0 on success; a bad corpus or option is one `error: ...` line and exit
+    status 2 (usage errors and --help are argparse's own); see arlm.cli for the others."""
+    args = _parser().parse_args(argv)
+    return cli.run(_run, args)
 
 
 if __name__ == "__main__":

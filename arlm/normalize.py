@@ -31,6 +31,8 @@ from camel_tools.utils.normalize import (
     normalize_unicode,
 )
 
+from arlm.config import check, option
+
 TATWEEL = "\u0640"
 ALEF_VARIANTS = "\u0623\u0625\u0622\u0671"  # أ إ آ ٱ
 ALEF = "\u0627"
@@ -38,14 +40,6 @@ ALEF_MAKSURA, YEH = "\u0649", "\u064a"
 TEH_MARBUTA, HEH = "\u0629", "\u0647"
 EASTERN_DIGITS = "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"  # ٠..٩
 PERSIAN_DIGITS = "\u06f0\u06f1\u06f2\u06f3\u06f4\u06f5\u06f6\u06f7\u06f8\u06f9"  # ۰..۹
-
-OPTIONS = {
-    "unicode": ("NFKC", "NFC", "none"),
-    "latin": ("keep", "lower", "drop"),
-    "punctuation": ("keep", "drop"),
-    "emoji": ("keep", "drop"),
-}
-
 
 @dataclass
 class NormalizeConfig:
@@ -68,25 +62,22 @@ class NormalizeConfig:
     Whitespace is always collapsed to single spaces and stripped.
     """
 
-    unicode: str = "NFKC"
-    diacritics: bool = True
-    tatweel: bool = True
-    alef: bool = True
-    alef_maksura: bool = True
-    teh_marbuta: bool = True
-    digits: bool = True
-    latin: str = "keep"
-    punctuation: str = "keep"
-    emoji: str = "keep"
-    invisible: bool = True
+    # The field order is part of the format: the translation table is cached on the
+    # tuple of values (`_lookup_table`), so append new fields at the end.
+    unicode: str = option("NFKC", "Unicode normalization form", choices=("NFKC", "NFC", "none"))
+    diacritics: bool = option(True, "remove the harakat, tanwin, shadda, sukun and dagger alef")
+    tatweel: bool = option(True, "remove the kashida used only for stretching words")
+    alef: bool = option(True, "fold the hamza forms of alef into a bare alef")
+    alef_maksura: bool = option(True, "fold alef maksura into yeh")
+    teh_marbuta: bool = option(True, "fold teh marbuta into heh")
+    digits: bool = option(True, "Eastern-Arabic and Persian digits to 0-9")
+    latin: str = option("keep", "Latin letters: keep, lower or drop them", choices=("keep", "lower", "drop"))
+    punctuation: str = option("keep", "punctuation: keep (as tokens of its own) or drop it", choices=("keep", "drop"))
+    emoji: str = option("keep", "emoji: keep or drop them", choices=("keep", "drop"))
+    invisible: bool = option(True, "remove zero-width and bidi control characters")
 
     def __post_init__(self) -> None:
-        for name, allowed in OPTIONS.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(
-                    f"normalization option {name}={value!r} is not valid; choose one of {', '.join(allowed)}"
-                )
+        check(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

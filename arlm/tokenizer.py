@@ -18,7 +18,7 @@ import io
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -27,6 +27,7 @@ import unicodedata
 
 from camel_tools.tokenizers.word import _SYMBOLS_ALL, _SYMBOLS_RE, simple_word_tokenize
 
+from arlm.config import POSITIVE, check, option
 from arlm.normalize import NormalizeConfig, normalize
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -49,24 +50,21 @@ class TokenizerConfig:
     normalize:   the normalization applied before tokenizing.
     """
 
-    kind: str = "word"
-    vocab_size: int = 30000
-    min_freq: int = 2
-    split_digits: bool = True
-    sp_model: str = "unigram"
-    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    kind: str = option("word", "word-level (camel-tools) or sentencepiece subwords",
+                       choices=("word", "sentencepiece"), name="tokenizer")
+    vocab_size: int = option(30000, "words kept (word) or subword vocabulary size (sentencepiece)", **POSITIVE)
+    min_freq: int = option(2, "word tokenizer: words seen fewer times in train become <unk>", low=1)
+    split_digits: bool = option(True, "split digit runs off words (2015م: 2015, م), as camel-tools can")
+    sp_model: str = option("unigram", "sentencepiece model type", choices=("unigram", "bpe"))
+    normalize: NormalizeConfig = option(factory=NormalizeConfig, table=True,
+                                        help="normalization options that differ from the defaults, e.g. "
+                                             "teh_marbuta=false,latin=lower (see arlm/normalize.py; a [normalize] "
+                                             "table in --config works too)")
 
     def __post_init__(self) -> None:
         if isinstance(self.normalize, dict):
             self.normalize = NormalizeConfig.from_dict(self.normalize)
-        if self.kind not in ("word", "sentencepiece"):
-            raise ValueError(f"tokenizer kind {self.kind!r} is not valid; choose word or sentencepiece")
-        if self.sp_model not in ("unigram", "bpe"):
-            raise ValueError(f"sentencepiece model {self.sp_model!r} is not valid; choose unigram or bpe")
-        if self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be positive, got {self.vocab_size}")
-        if self.min_freq < 1:
-            raise ValueError(f"min_freq must be at least 1, got {self.min_freq}")
+        check(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +97,12 @@ class Tokenizer(Protocol):
 _SYMBOL_CHARS = frozenset(ch for item in _SYMBOLS_ALL for ch in item)
 _DIGIT_CHARS = frozenset(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Nd")
 _SPLIT_CHARS = _SYMBOL_CHARS | _DIGIT_CHARS
+
+
+def split_characters(split_digits: bool = True) -> frozenset[str]:
+    """The characters the word tokenizer splits off wherever they stand (punctuation and
+    symbols, and digits with split_digits): where a word being typed can begin."""
+    return _SPLIT_CHARS if split_digits else _SYMBOL_CHARS
 # Single characters camel-tools splits off wherever they stand ("عنه،" → "عنه", "،").
 _SPLITS_OFF = frozenset(c for c in _SYMBOLS_ALL if len(c) == 1 and _SYMBOLS_RE.fullmatch(c))
 

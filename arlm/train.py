@@ -5,15 +5,15 @@
 
 The state carried from window to window is detached, so backpropagation stops at the
 window boundary (truncated BPTT) while the forward pass still sees all the history.
-Run `python -m arlm.train --help` for every option. With no options it trains the
-default model on the embedded hadith corpus in under 10 minutes on 2 CPU cores.
+Run `python -m arlm.train --help` for every option (they are declared once, in
+arlm/config.py). With no options it trains the default model on the embedded hadith
+corpus in under 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -21,7 +21,6 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,194 +28,25 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from arlm import batching, checkpoint
-from arlm.corpus import CorpusError, available_cards, prepare
+from arlm import batching, checkpoint, cli, config
+from arlm.config import TrainConfig
+from arlm.corpus import available_cards, prepare
 from arlm.model import LanguageModel, ModelConfig, load_vectors
-from arlm.normalize import NormalizeConfig, normalize
-from arlm.tokenizer import TokenizerConfig
+from arlm.normalize import normalize
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-
-@dataclass
-class TrainConfig:
-    """One training run, start to finish. Filled from these defaults, then a TOML file
-    (--config), then command-line flags; saved with every checkpoint."""
-
-    # data
-    corpus: str = "hadith"              # corpus card name (corpora/*.toml), card file, or .txt/.jsonl file/folder
-    text_field: str = "text"            # JSON field holding the text, for .jsonl paths
-    encoding_errors: str = "strict"     # strict: stop at invalid UTF-8; replace: substitute and go on
-    tokenizer: str = "word"             # word | sentencepiece
-    vocab_size: int = 30000             # max words kept (word) or subword vocabulary size (sentencepiece)
-    min_freq: int = 2                   # word tokenizer: rarer words become <unk>
-    sp_model: str = "unigram"           # sentencepiece model: unigram | bpe
-    normalize: dict = field(default_factory=dict)  # NormalizeConfig options that differ from its defaults
-    # model
-    emb_size: int = 256
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.2                # locked dropout on the LSTM output
-    dropout_input: float = 0.2          # locked dropout on the embeddings
-    dropout_hidden: float = 0.1         # locked dropout between LSTM layers
-    dropout_embedding: float = 0.05     # drop whole words from the embedding matrix
-    weight_drop: float = 0.1            # DropConnect on hidden-to-hidden weights
-    tie_weights: bool = True
-    softmax: str = "auto"               # auto (adaptive for words, full for subwords) | full | adaptive
-    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
-    vectors: str = ""                   # pretrained word vectors (.vec text format) to initialize embeddings
-    # optimization
-    optimizer: str = "adamw"            # adamw | sgd | ntasgd
-    lr: float = 3e-3
-    lr_schedule: str = "plateau"        # plateau: cut on stalled valid | cosine: decay to 0 over the run's length
-    decay_start: float = 0.0            # cosine: fraction of the run before the decay begins (0: decay throughout)
-    warmup: int = 0                     # steps of linear warm-up from 0 to --lr
-    weight_decay: float = 0.01
-    clip: float = 0.25                  # max global gradient norm (0: off)
-    batch_size: int = 32                # parallel streams (across all processes)
-    bptt: int = 35                      # tokens per truncated-BPTT window
-    variable_bptt: bool = False         # AWD-LSTM's randomized window lengths
-    epochs: int = 20
-    max_steps: int = 0                  # stop after this many optimizer steps (0: no limit)
-    time_budget: float = 8.0            # stop after this many minutes of training (0: no limit)
-    eval_interval: int = 400            # steps between valid evaluations (0: once per epoch)
-    eval_batch_size: int = 10
-    eval_tokens: int = 0                # valid tokens scored at each interval evaluation (0: all)
-    lr_patience: int = 1                # evaluations without improvement before the LR is cut
-    lr_factor: float = 0.5
-    early_stop: int = 5                 # evaluations without improvement before stopping (0: never)
-    nonmono: int = 3                    # NT-ASGD: evaluations without improvement before averaging starts
-    # run
-    out: str = "runs/hadith"
-    seed: int = 1111
-    device: str = "auto"                # auto | cpu | cuda | mps
-    threads: int = 0                    # CPU threads for torch (0: all cores)
-    workers: int = 0                    # processes for tokenizing a new corpus (0: all cores)
-    log_interval: int = 50
-    resume: str = ""                    # a run directory to continue from
-    overwrite: bool = False             # replace a run already in --out
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size, emb_size=self.emb_size, hidden_size=self.hidden_size,
-            num_layers=self.num_layers, dropout=self.dropout, dropout_input=self.dropout_input,
-            dropout_hidden=self.dropout_hidden, dropout_embedding=self.dropout_embedding,
-            weight_drop=self.weight_drop, tie_weights=self.tie_weights, softmax=self.resolved_softmax,
-            cutoffs=list(self.cutoffs),
-        )
-
-    @property
-    def resolved_softmax(self) -> str:
-        # The adaptive softmax needs ids ordered by frequency (the word vocabulary is);
-        # sentencepiece ids are not (its 256 byte pieces come first), so subwords get a full one.
-        if self.softmax == "auto":
-            return "adaptive" if self.tokenizer == "word" else "full"
-        return self.softmax
-
-    def tokenizer_config(self) -> TokenizerConfig:
-        return TokenizerConfig(kind=self.tokenizer, vocab_size=self.vocab_size, min_freq=self.min_freq,
-                               sp_model=self.sp_model, normalize=NormalizeConfig(**self.normalize))
-
-
-CHOICES = {
-    "tokenizer": ("word", "sentencepiece"), "sp_model": ("unigram", "bpe"), "softmax": ("auto", "full", "adaptive"),
-    "optimizer": ("adamw", "sgd", "ntasgd"), "lr_schedule": ("plateau", "cosine"), "device": ("auto", "cpu", "cuda", "mps"),
-    "encoding_errors": ("strict", "replace"),
-}
-POSITIVE = ("vocab_size", "min_freq", "emb_size", "hidden_size", "num_layers", "batch_size", "bptt", "epochs",
-            "eval_batch_size", "log_interval")
-NON_NEGATIVE = ("warmup", "max_steps", "time_budget", "eval_interval", "eval_tokens", "clip", "threads", "workers", "lr_patience",
-                "early_stop", "nonmono", "weight_decay")
-
-HELP = {
-    "corpus": "corpus card name ({cards}), a card .toml file, or a .txt/.jsonl file or folder",
-    "text_field": "JSON field holding the text when --corpus is a .jsonl path",
-    "encoding_errors": "on bytes that are not UTF-8: stop with the file and byte offset, or replace them and go on",
-    "tokenizer": "word-level (camel-tools) or sentencepiece subwords",
-    "vocab_size": "words kept (word) or subword vocabulary size (sentencepiece)",
-    "min_freq": "word tokenizer: words seen fewer times in train become <unk>",
-    "sp_model": "sentencepiece model type",
-    "normalize": "normalization options that differ from the defaults, e.g. teh_marbuta=false,latin=lower "
-                 "(see arlm/normalize.py; a [normalize] table in --config works too)",
-    "emb_size": "embedding width", "hidden_size": "LSTM units per layer", "num_layers": "stacked LSTM layers",
-    "dropout": "locked dropout on the LSTM output", "dropout_input": "locked dropout on the embeddings",
-    "dropout_hidden": "locked dropout between LSTM layers",
-    "dropout_embedding": "probability of dropping a whole word from the embedding matrix",
-    "weight_drop": "DropConnect on the hidden-to-hidden weights",
-    "tie_weights": "share the embedding matrix with the output layer",
-    "softmax": "full softmax, or adaptive softmax for large vocabularies; auto: adaptive for the word "
-               "tokenizer (frequency-ordered ids), full for sentencepiece",
-    "cutoffs": "adaptive softmax cluster boundaries in frequency rank, comma-separated",
-    "vectors": "initialize embeddings from word vectors in word2vec/fastText text format (.vec)",
-    "optimizer": "AdamW, plain SGD, or NT-ASGD (SGD, then weight averaging once valid stops improving)",
-    "lr": "learning rate",
-    "lr_schedule": "plateau: cut the learning rate by --lr-factor when valid stalls; cosine: decay it from --lr to 0 "
-                   "along a half cosine over the run's length (--time-budget, --max-steps or --epochs, whichever "
-                   "ends first; with a time budget the clock sets the pace)",
-    "decay_start": "cosine: the fraction of the run at the constant --lr before the decay starts, e.g. 0.85 "
-                   "decays over the last 15%% only (0: decay from the start)",
-    "warmup": "steps over which the learning rate rises linearly from 0 to --lr (0: none)",
-    "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
-    "clip": "clip the global gradient norm to this (0: no clipping)",
-    "batch_size": "parallel token streams per step, across all processes",
-    "bptt": "tokens per truncated-BPTT window", "variable_bptt": "randomize window lengths as in AWD-LSTM",
-    "epochs": "passes over the training data", "max_steps": "stop after this many steps (0: no limit)",
-    "time_budget": "stop after this many minutes of training, evaluations not counted, over the whole run "
-                   "(a resumed run finishes the budget; pass a larger one to extend it) (0: no limit)",
-    "eval_interval": "steps between validation runs (0: at the end of each epoch)",
-    "eval_batch_size": "streams for scoring valid/test",
-    "eval_tokens": "score only the first N valid tokens at interval evaluations, for big corpora; "
-                   "the final valid and test scores always use every token (0: all)",
-    "lr_patience": "evaluations without improvement before the learning rate is cut",
-    "lr_factor": "factor the learning rate is multiplied by on a plateau",
-    "early_stop": "evaluations without improvement before training stops (0: never)",
-    "nonmono": "NT-ASGD: evaluations without improvement before averaging starts",
-    "out": "run directory: latest/ and best/ checkpoints, log.jsonl, curves.png",
-    "seed": "random seed: the same seed and settings give the same run on CPU",
-    "device": "where to train: auto picks CUDA, then MPS, then CPU",
-    "threads": "CPU threads for torch (0: all cores)",
-    "workers": "processes for tokenizing a new corpus (0: all cores)",
-    "log_interval": "steps between progress-bar updates of the loss",
-    "resume": "continue the run saved in this directory (its config, weights, optimizer and position)",
-    "overwrite": "replace the run already in --out (without it, arlm refuses to mix two runs in one directory)",
-}
+__all__ = ["TrainConfig", "ModelConfig", "Trainer", "load_config", "lr_at", "schedule_lr", "evaluate", "main"]
 
 
 # --- configuration -----------------------------------------------------------------
 
 
-def _parse_normalize(text: str) -> dict:
-    out = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        key, _, value = item.partition("=")
-        if key not in NormalizeConfig.__dataclass_fields__ or not value:
-            raise argparse.ArgumentTypeError(
-                f"{item!r}: expected name=value with a name among {', '.join(NormalizeConfig.__dataclass_fields__)}")
-        default = getattr(NormalizeConfig(), key)
-        out[key] = _parse_value(key, "bool", value) if isinstance(default, bool) else value
-    try:
-        NormalizeConfig(**out)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return out
-
-
-def _parse_value(name: str, kind, text: str):
-    if name == "cutoffs":
-        return [int(x) for x in text.split(",") if x.strip()]
-    if kind is bool or kind == "bool":
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return {"int": int, "float": float, "str": str}.get(kind if isinstance(kind, str) else kind.__name__, str)(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """--config, then one flag per option of TrainConfig (generated from its fields)."""
     p = argparse.ArgumentParser(
         prog="python -m arlm.train",
         description="Train an Arabic word-level LSTM language model with truncated BPTT. "
@@ -227,114 +57,83 @@ def build_parser() -> argparse.ArgumentParser:
                "  torchrun --nproc_per_node=2 -m arlm.train --batch-size 64",
     )
     p.add_argument("--config", metavar="FILE", action="append",
-                   help="TOML file with any of the settings below (keys as in TrainConfig); may be given several "
-                        "times, later files win; tokenizers/*.toml are such files")
-    defaults = TrainConfig()
-    cards = ", ".join(sorted(available_cards())) or "none found"
-    for f in dataclasses.fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        text = HELP.get(f.name, "").format(cards=cards)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{text} (default: {shown!r})" if shown != "" else f"{text} (default: none)"}
-        if f.name in CHOICES:
-            kw["choices"] = CHOICES[f.name]
-        if kind == "bool":
-            kw["type"] = lambda s, n=f.name: _parse_value(n, "bool", s)
-            kw["metavar"] = "{true,false}"
-        elif f.name == "normalize":
-            kw["type"] = _parse_normalize
-            kw["metavar"] = "NAME=VALUE,..."
-            kw["help"] = f"{text} (default: none)"
-        elif f.name == "cutoffs":
-            kw["type"] = lambda s: _parse_value("cutoffs", "list", s)
-            kw["metavar"] = "N,N"
-        else:
-            kw["type"] = {"int": int, "float": float}.get(kind, str)
-        p.add_argument(flag, **kw)
+                   help="TOML file with any of the settings below (keys as the flags, with _ for -, or in tables "
+                        "[data], [tokenizer], [model], [optim]); may be given several times, later files win; "
+                        "tokenizers/*.toml are such files")
+    config.add_flags(p, TrainConfig(), fill={"cards": ", ".join(sorted(available_cards())) or "none found"})
     return p
 
 
-def validate(cfg: TrainConfig) -> None:
-    _check_types(cfg)
-    problems = []
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            problems.append(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} (got {getattr(cfg, name)!r})")
-    for name in POSITIVE:
-        if getattr(cfg, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be a positive integer (got {getattr(cfg, name)})")
-    for name in NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            problems.append(f"--{name.replace('_', '-')} must be 0 or more (got {getattr(cfg, name)})")
-    for name in ("dropout", "dropout_input", "dropout_hidden", "dropout_embedding", "weight_drop"):
-        if not 0 <= getattr(cfg, name) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be in [0, 1) (got {getattr(cfg, name)})")
-    if cfg.lr <= 0:
-        problems.append(f"--lr must be positive (got {cfg.lr})")
-    if not 0 <= cfg.decay_start < 1:
-        problems.append(f"--decay-start must be in [0, 1) (got {cfg.decay_start})")
-    if not 0 < cfg.lr_factor < 1:
-        problems.append(f"--lr-factor must be in (0, 1) (got {cfg.lr_factor})")
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def _check_types(cfg: TrainConfig) -> None:
-    """A TOML value of the wrong type (bptt = "35") is a one-line error, not a TypeError."""
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
-        ok = (isinstance(value, bool) if isinstance(default, bool)
-              else isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float)
-              else isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int)
-              else isinstance(value, type(default)))
-        if not ok:
-            raise ValueError(f"{f.name} must be {type(default).__name__}, got {value!r}")
+def _merge(values: dict, new: dict) -> None:
+    """Later settings win, except normalization: they refine the earlier table, not replace it."""
+    if "normalize" in new:
+        new = {**new, "normalize": {**values.get("normalize", {}), **new["normalize"]}}
+    values.update(new)
 
 
 def load_config(argv: list[str] | None) -> TrainConfig:
-    """Defaults, then the TOML file, then the flags; then --resume's saved run fills the rest."""
+    """Defaults, then --resume's saved run, then the TOML files, then the flags; every value
+    from any of them checked by the same rule (`config.validate`)."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    values: dict = {}
     config_files = args.pop("config", None) or []
+    defaults = TrainConfig()
+    values: dict = {}
     if args.get("resume"):
         try:
-            resume = Path(args["resume"])
-            latest = resume / "latest" if (resume / "latest" / "config.json").exists() else resume / "latest.old"
-            run = checkpoint.read_config(checkpoint.model_dir(latest))["run"]
+            run = checkpoint.read_config(checkpoint.resumable(args["resume"]))["run"]
         except checkpoint.CheckpointError as e:
             parser.error(f"--resume: {e}")
-        values.update({k: v for k, v in run.items() if k in TrainConfig.__dataclass_fields__})
+        known = {leaf.name for leaf in config.leaves(defaults)}
+        values.update({k: v for k, v in run.items() if k in known})  # a setting since removed is dropped
         values["out"] = args["resume"]  # continue in place (a moved run writes where it now is)
     for config_file in config_files:
         try:
             data = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as e:
             parser.error(f"--config {config_file}: {e}")
-        unknown = set(data) - set(TrainConfig.__dataclass_fields__)
+        flat, unknown = config.flatten(data, defaults)
         if unknown:
             parser.error(f"--config {config_file}: unknown setting(s) {', '.join(sorted(unknown))}")
-        if "normalize" in data:
-            data["normalize"] = {**values.get("normalize", {}), **data["normalize"]}
-        values.update(data)
-    if "normalize" in args:  # flags refine the normalization from config files, not replace it
-        args["normalize"] = {**values.get("normalize", {}), **args["normalize"]}
-    values.update(args)
-    cfg = TrainConfig(**values)
+        _merge(values, flat)
+    _merge(values, args)
     try:
-        validate(cfg)
-        NormalizeConfig.from_dict(cfg.normalize)
+        config.validate(values, defaults)
+        return config.from_flat(values)
     except ValueError as e:
         parser.error(str(e))
-    return cfg
+
+
+# --- the learning rate -------------------------------------------------------------
+
+
+def schedule_lr(step: int, seconds: float, cfg: TrainConfig, total_steps: int, plateau_lr: float) -> float:
+    """The schedule's learning rate after `step` steps and `seconds` of training.
+
+    plateau: `plateau_lr`, the rate ReduceLROnPlateau keeps (--lr, cut on stalled valid).
+    cosine:  --lr until --decay-start of the run, then a half cosine down to 0 at its end,
+             where the end is the first of its step limit and its time budget to come.
+             Under a time budget the clock sets the pace, so the steps it takes vary with
+             the machine's speed."""
+    if cfg.optim.lr_schedule != "cosine":
+        return plateau_lr
+    progress = step / max(total_steps, 1)
+    if cfg.time_budget:
+        progress = max(progress, seconds / (cfg.time_budget * 60))
+    decay_start = cfg.optim.decay_start
+    decayed = max(0.0, min(progress, 1.0) - decay_start) / (1.0 - decay_start)
+    return cfg.optim.lr * 0.5 * (1.0 + math.cos(math.pi * decayed))
+
+
+def lr_at(step: int, seconds: float, cfg: TrainConfig, total_steps: int, plateau_lr: float | None = None) -> float:
+    """The learning rate of the optimizer step taken after `step` steps and `seconds` of
+    training: the schedule, times a linear warm-up over the first --warmup steps."""
+    base = schedule_lr(step, seconds, cfg, total_steps, cfg.optim.lr if plateau_lr is None else plateau_lr)
+    warmup = cfg.optim.warmup
+    return base * min(1.0, (step + 1) / warmup if warmup else 1.0)
 
 
 # --- the run -----------------------------------------------------------------------
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -393,6 +192,7 @@ def averaged_weights(model: LanguageModel, optimizer):
             p.data.copy_(value)
 
 
+
 class Trainer:
     """Holds the run's mutable state; `run()` is the loop."""
 
@@ -417,8 +217,8 @@ class Trainer:
             preflight(self.out, resuming=bool(cfg.resume), overwrite=cfg.overwrite)
         if self.world > 1 and not self.main:
             dist.barrier()  # rank 0 builds the token cache first; the others then read it
-        data = prepare(cfg.corpus, cfg.tokenizer_config(), workers=cfg.workers or None,
-                       encoding_errors=cfg.encoding_errors, field_name=cfg.text_field, verbose=self.main)
+        data = prepare(cfg.data.corpus, cfg.tokenizer, workers=cfg.data.workers or None,
+                       encoding_errors=cfg.data.encoding_errors, field_name=cfg.data.text_field, verbose=self.main)
         if self.world > 1 and self.main:
             dist.barrier()
         self.data, self.tokenizer = data, data.tokenizer
@@ -438,18 +238,18 @@ class Trainer:
         self.rows = batching.shard(batching.streams(data.train, cfg.batch_size), self.rank, self.world)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.model = LanguageModel(cfg.model_config(self.tokenizer.vocab_size)).to(self.device)
-        if cfg.vectors and not cfg.resume:  # a resumed run has its trained embeddings
+        self.model = LanguageModel(cfg.model_config(self.tokenizer)).to(self.device)
+        if cfg.model.vectors and not cfg.resume:  # a resumed run has its trained embeddings
             self._load_vectors()
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, find_unused_parameters=self.model.adaptive is not None)
-        self.optimizer = self._optimizer(cfg.optimizer)
+        self.optimizer = self._optimizer(cfg.optim.optimizer)
         # patience - 1: ReduceLROnPlateau cuts on the (patience + 1)-th bad evaluation, and
         # --lr-patience N means "after N evaluations without improvement", like --early-stop.
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, factor=cfg.lr_factor, patience=max(0, cfg.lr_patience - 1), threshold=0.0)
+            self.optimizer, factor=cfg.optim.lr_factor, patience=max(0, cfg.optim.lr_patience - 1), threshold=0.0)
         self.step = self.epoch = self.pos = 0
         self.state = None
         self.best = self.best_saved = float("inf")  # best valid loss: for the schedule / for best/
@@ -461,32 +261,34 @@ class Trainer:
             self._resume(Path(cfg.resume))
 
     def _optimizer(self, kind: str):
-        cfg, params = self.cfg, list(self.model.parameters())
+        opt, params = self.cfg.optim, list(self.model.parameters())
         # One fused kernel over all parameters instead of a loop of small operations per
         # tensor: AdamW's step at a 50k vocabulary goes from ~60 ms to ~8 ms on 2 cores.
         fused = {"fused": True} if all(p.dtype == torch.float32 for p in params) else {}
         if kind == "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+            return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, **fused)
         if kind == "asgd":
-            return torch.optim.ASGD(params, lr=cfg.lr, t0=0, lambd=0.0, weight_decay=cfg.weight_decay)
+            return torch.optim.ASGD(params, lr=opt.lr, t0=0, lambd=0.0, weight_decay=opt.weight_decay)
         # sgd; ntasgd starts as SGD and switches to ASGD (kind "asgd") when valid stalls
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.SGD(params, lr=opt.lr, weight_decay=opt.weight_decay, **fused)
+
+    @property
+    def averaging(self) -> bool:
+        """NT-ASGD has switched to averaged SGD."""
+        return isinstance(self.optimizer, torch.optim.ASGD)
 
     def _load_vectors(self) -> None:
-        tok = self.tokenizer
+        tok, spec = self.tokenizer, self.cfg.model
         if not hasattr(tok, "itos"):
             raise ValueError("--vectors needs the word tokenizer (pretrained vectors are per word)")
-        matrix, coverage = load_vectors(self.cfg.vectors, tok.itos, self.cfg.emb_size,
-                                        lambda w: normalize(w, tok.config.normalize))
+        matrix, coverage = load_vectors(spec.vectors, tok.itos, spec.emb_size, lambda w: normalize(w, tok.config.normalize))
         with torch.no_grad():
             self.model.embedding.weight.copy_(matrix)
         if self.main:
-            print(f"embeddings: {coverage:.1%} of the vocabulary found in {self.cfg.vectors}", file=sys.stderr)
+            print(f"embeddings: {coverage:.1%} of the vocabulary found in {spec.vectors}", file=sys.stderr)
 
     def _resume(self, run_dir: Path) -> None:
-        latest = run_dir / "latest"
-        if not (latest / "config.json").exists() and (run_dir / "latest.old" / "config.json").exists():
-            latest = run_dir / "latest.old"  # a crash between the two renames of a save
+        latest = checkpoint.resumable(run_dir)
         model, tokenizer, _ = checkpoint.load(latest, self.device)
         same_vocab = (getattr(tokenizer, "itos", None) == getattr(self.tokenizer, "itos", None)
                       and getattr(tokenizer, "model_proto", None) == getattr(self.tokenizer, "model_proto", None))
@@ -520,7 +322,7 @@ class Trainer:
         if self.main:
             print(f"resuming {run_dir} at step {self.step} (epoch {self.epoch + 1})", file=sys.stderr)
 
-    # -- checkpoints --
+    # -- checkpoints and the log --
 
     def trainer_state(self) -> dict:
         h, c = self.state if self.state is not None else (None, None)
@@ -532,7 +334,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds,
             "torch_rng": torch.get_rng_state(), "numpy_rng": json.dumps(self.rng.bit_generator.state),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "asgd": isinstance(self.optimizer, torch.optim.ASGD),
+            "asgd": self.averaging,
         }
 
     def save(self, which: str, with_trainer: bool = True) -> None:
@@ -542,10 +344,17 @@ class Trainer:
             return
         averaging = averaged_weights(self.model, self.optimizer) if which == "best" else contextlib.nullcontext()
         with averaging:
-            checkpoint.save(self.out / which, self.model, self.tokenizer, asdict(self.cfg),
+            checkpoint.save(self.out / which, self.model, self.tokenizer, config.to_flat(self.cfg),
                             self.trainer_state() if with_trainer else None,
                             {"corpus": {k: self.data.stats.get(k) for k in ("corpus", "tokens", "documents", "unk_rate")},
                              "step": self.step, "best_valid_ppl": math.exp(min(self.best_saved, 50))})
+
+    def save_checkpoints(self, new_best: bool) -> None:
+        """After an evaluation: best/ when valid improved, latest/ always (to resume from)."""
+        if self.main:
+            if new_best:
+                self.save("best", with_trainer=False)
+            self.save("latest")
 
     def log(self, record: dict) -> None:
         if not self.main:
@@ -558,32 +367,39 @@ class Trainer:
                 if isinstance(v, (int, float)) and k != "step":
                     self.writer.add_scalar(k, v, record["step"])
 
-    # -- the loop --
+    # -- evaluation, and what follows from it --
 
-    def evaluate_and_checkpoint(self, final: bool = False) -> bool:
-        """Valid perplexity, LR schedule, best/latest checkpoints. Returns False to stop early.
-
-        The `final` evaluation of a run that stopped between intervals only logs and keeps
-        the best model: it leaves the schedule alone, so a stopped-and-resumed run makes the
-        same decisions as one that never stopped."""
+    def validate(self) -> dict:
+        """Valid loss and perplexity (NT-ASGD: of the averaged weights), on the first
+        --eval-tokens of valid."""
         cfg = self.cfg
         ids = self.data.valid[: cfg.eval_tokens] if cfg.eval_tokens else self.data.valid
         with averaged_weights(self.model, self.optimizer):
-            valid = evaluate(self.model, ids, cfg, self.device, self.tokenizer.eos_id)
-        new_best = valid["loss"] < self.best_saved
-        if new_best:
-            self.best_saved = valid["loss"]
-        if not final:
-            if valid["loss"] < self.best:
-                self.best, self.bad_evals = valid["loss"], 0
-            else:
-                self.bad_evals += 1
-            if cfg.optimizer == "ntasgd" and not isinstance(self.optimizer, torch.optim.ASGD) and self.bad_evals >= cfg.nonmono:
-                self.optimizer = self._optimizer("asgd")  # NT-ASGD: start averaging from here
-                self.bad_evals = 0
-                tqdm.write(f"step {self.step}: valid stalled for {cfg.nonmono} evaluations, switching to averaged SGD")
-            elif cfg.optimizer != "ntasgd" and cfg.lr_schedule == "plateau":
-                self.scheduler.step(valid["loss"])
+            return evaluate(self.model, ids, cfg, self.device, self.tokenizer.eos_id)
+
+    def react(self, valid_loss: float) -> None:
+        """The schedule's answer to an interval evaluation: count the evaluations without
+        improvement; NT-ASGD starts averaging after --nonmono of them, the plateau schedule
+        cuts the rate after --lr-patience."""
+        opt = self.cfg.optim
+        if valid_loss < self.best:
+            self.best, self.bad_evals = valid_loss, 0
+        else:
+            self.bad_evals += 1
+        if opt.optimizer == "ntasgd" and not self.averaging and self.bad_evals >= opt.nonmono:
+            self.optimizer = self._optimizer("asgd")  # NT-ASGD: start averaging from here
+            self.bad_evals = 0
+            tqdm.write(f"step {self.step}: valid stalled for {opt.nonmono} evaluations, switching to averaged SGD")
+        elif opt.optimizer != "ntasgd" and opt.lr_schedule == "plateau":
+            self.scheduler.step(valid_loss)
+
+    def stalled(self) -> bool:
+        """Early stopping: --early-stop evaluations without improvement (never while NT-ASGD averages)."""
+        early_stop = self.cfg.early_stop
+        return bool(early_stop and self.bad_evals >= early_stop and not self.averaging)
+
+    def report(self, valid: dict, new_best: bool) -> None:
+        """One log record and one printed line per evaluation."""
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": self.epoch + 1, "tokens": self.tokens_seen, "seconds": round(self.train_seconds, 1),
                   "train_loss": self._recent_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"], "lr": lr}
@@ -591,22 +407,23 @@ class Trainer:
         if self.main:
             tqdm.write(f"step {self.step:6d} | epoch {self.epoch + 1} | train loss {self._recent_loss:.3f} | "
                        f"valid ppl {valid['ppl']:8.2f}{' *' if new_best else ''} | lr {lr:.2e}")
-            if new_best:
-                self.save("best", with_trainer=False)
-            self.save("latest")
-        return not (cfg.early_stop and self.bad_evals >= cfg.early_stop and not isinstance(self.optimizer, torch.optim.ASGD))
 
-    def scheduled_lr(self, total_steps: int) -> float:
-        """Cosine schedule: --lr until --decay-start of the run, then a half cosine down to
-        0 at its end, where the end is the first of its step limit and its time budget to
-        come. Under a time budget the clock sets the pace, so the steps it takes vary with
-        the machine's speed."""
-        cfg = self.cfg
-        progress = self.step / max(total_steps, 1)
-        if cfg.time_budget:
-            progress = max(progress, self.train_seconds / (cfg.time_budget * 60))
-        decayed = max(0.0, min(progress, 1.0) - cfg.decay_start) / (1.0 - cfg.decay_start)
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * decayed))
+    def evaluation(self, final: bool = False) -> None:
+        """Validate, let the schedule react, log, checkpoint.
+
+        The `final` evaluation of a run that stopped between intervals only logs and keeps
+        the best model: it leaves the schedule alone, so a stopped-and-resumed run makes the
+        same decisions as one that never stopped."""
+        valid = self.validate()
+        new_best = valid["loss"] < self.best_saved
+        if new_best:
+            self.best_saved = valid["loss"]
+        if not final:
+            self.react(valid["loss"])
+        self.report(valid, new_best)
+        self.save_checkpoints(new_best)
+
+    # -- the loop --
 
     def _flag_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -627,7 +444,6 @@ class Trainer:
             tqdm.write("stopping: finishing this step and saving a resumable checkpoint (Ctrl-C again to abort)")
 
     def run(self) -> dict:
-        cfg = self.cfg
         self.writer = None
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -659,7 +475,7 @@ class Trainer:
                    disable=not self.main or None, desc="training")
         self._recent_loss = float("nan")
         loss_sum, loss_n = 0.0, 0
-        tokens_start, step_start, seconds_before = self.tokens_seen, self.step, self.train_seconds
+        start = (self.tokens_seen, self.step, self.train_seconds)  # for the speed shown
         if cfg.time_budget and self.train_seconds >= cfg.time_budget * 60:
             self.stop_reason = (f"the run has already trained its --time-budget {cfg.time_budget:g} min; "
                                 f"resume with a larger one to train on")
@@ -672,10 +488,11 @@ class Trainer:
             t_step = time.time()
             seq_len = batching.variable_length(cfg.bptt, self.rng) if cfg.variable_bptt else cfg.bptt
             x, y = batching.window(self.rows, self.pos, seq_len, self.device)
-            base = self.scheduled_lr(total) if cfg.lr_schedule == "cosine" else self.optimizer.param_groups[0]["lr"]
-            # Warm-up, and AWD-LSTM's scaling by window length (longer windows carry more
-            # tokens), shape this step only; the schedule's own value is put back after it.
-            lr = base * min(1.0, (self.step + 1) / cfg.warmup if cfg.warmup else 1.0)
+            # This step's rate: the schedule with warm-up, and AWD-LSTM's scaling by window
+            # length (longer windows carry more tokens). The plateau schedule's rate lives
+            # in the optimizer (ReduceLROnPlateau cuts it there), so it is read from it.
+            plateau_lr = self.optimizer.param_groups[0]["lr"]
+            lr = lr_at(self.step, self.train_seconds, cfg, total, plateau_lr)
             if cfg.variable_bptt:
                 lr *= x.shape[0] / cfg.bptt
             for g in self.optimizer.param_groups:
@@ -690,39 +507,30 @@ class Trainer:
                     f"{last if (last / 'config.json').exists() else 'none yet'} — try a lower --lr or --clip")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            if cfg.optim.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
             self.optimizer.step()
-            # A fused step writes the parameters without bumping their version counters,
-            # which anything keyed on them (inference caches) relies on.
-            torch.autograd.graph.increment_version([p for g in self.optimizer.param_groups for p in g["params"]])
             self.state = detach(out.state)
             self.pos += x.shape[0]
             self.step += 1
             self.tokens_seen += x.numel() * self.world
             self.train_seconds += time.time() - t_step  # evaluations and checkpoints not counted
-            for g in self.optimizer.param_groups:  # what the log and the plateau scheduler see
-                g["lr"] = self.scheduled_lr(total) if cfg.lr_schedule == "cosine" else base
+            # Between steps the optimizer holds the schedule's own rate, without this step's
+            # warm-up and scaling: it is what the log shows, what the plateau scheduler cuts,
+            # and what a checkpoint saves.
+            for g in self.optimizer.param_groups:
+                g["lr"] = schedule_lr(self.step, self.train_seconds, cfg, total, plateau_lr)
             loss_sum += loss.item()
             loss_n += 1
             bar.update()
             if self.step % cfg.log_interval == 0 or loss_n == 1:
                 self._recent_loss = loss_sum / loss_n
-                rate = (self.tokens_seen - tokens_start) / max(self.train_seconds - seconds_before, 1e-9)
-                bar.set_postfix(loss=f"{self._recent_loss:.3f}", ppl=f"{math.exp(min(self._recent_loss, 50)):.1f}",
-                                tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}", refresh=False)
-                if bar.disable and self.main and self.step % (cfg.log_interval * 10) == 0:
-                    # No terminal (a log file, nohup, CI): tqdm stays quiet, so say it in plain lines.
-                    left = (total - self.step) * (self.train_seconds - seconds_before) / max(self.step - step_start, 1)
-                    if cfg.time_budget:
-                        left = min(left, cfg.time_budget * 60 - self.train_seconds)
-                    print(f"step {self.step}/{total} | loss {self._recent_loss:.3f} | ppl "
-                          f"{math.exp(min(self._recent_loss, 50)):.1f} | {rate:,.0f} tokens/s | lr {lr:.1e} | "
-                          f"~{left / 60:.1f} min left", flush=True)
+                self._show_progress(bar, lr, total, start)
                 if self.step % cfg.log_interval == 0:
                     loss_sum, loss_n = 0.0, 0
             if self.step % eval_every == 0:
-                if not self.evaluate_and_checkpoint():
+                self.evaluation()
+                if self.stalled():
                     self.stop_reason = f"early stop: valid did not improve for {cfg.early_stop} evaluations"
             if cfg.max_steps and self.step >= cfg.max_steps:
                 self.stop_reason = self.stop_reason or f"reached --max-steps {cfg.max_steps}"
@@ -740,13 +548,29 @@ class Trainer:
         bar.close()
         return self.finish()
 
+    def _show_progress(self, bar, lr: float, total: int, start: tuple[int, int, float]) -> None:
+        """The running loss, speed and rate on the progress bar (or, with no terminal, in a
+        plain line every 10 updates)."""
+        cfg, (tokens_start, step_start, seconds_before) = self.cfg, start
+        rate = (self.tokens_seen - tokens_start) / max(self.train_seconds - seconds_before, 1e-9)
+        ppl = math.exp(min(self._recent_loss, 50))
+        bar.set_postfix(loss=f"{self._recent_loss:.3f}", ppl=f"{ppl:.1f}", tok_s=f"{rate:,.0f}", lr=f"{lr:.1e}",
+                        refresh=False)
+        if bar.disable and self.main and self.step % (cfg.log_interval * 10) == 0:
+            # No terminal (a log file, nohup, CI): tqdm stays quiet, so say it in plain lines.
+            left = (total - self.step) * (self.train_seconds - seconds_before) / max(self.step - step_start, 1)
+            if cfg.time_budget:
+                left = min(left, cfg.time_budget * 60 - self.train_seconds)
+            print(f"step {self.step}/{total} | loss {self._recent_loss:.3f} | ppl {ppl:.1f} | {rate:,.0f} tokens/s | "
+                  f"lr {lr:.1e} | ~{left / 60:.1f} min left", flush=True)
+
     def finish(self) -> dict:
         """Evaluate the steps since the last evaluation, then final valid/test scores with
         the best weights, summary, curves."""
         cfg = self.cfg
         last_eval = self.history[-1]["step"] if self.history else 0
         if self.step > last_eval and not self.stop_reason.startswith("interrupted"):
-            self.evaluate_and_checkpoint(final=True)
+            self.evaluation(final=True)
         elif self.main:
             self.save("latest")
         if self.main and not (self.out / "best" / "config.json").exists():
@@ -827,7 +651,14 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m arlm.train`: 0 when the run finished, 2 for bad input (argparse's usage
+    errors included), 1 for a run that failed (diverged), 130 when interrupted; errors as
+    one `error: ...` line (arlm/cli.py)."""
     cfg = load_config(argv)
+    return cli.run(_main, cfg)
+
+
+def _main(cfg: TrainConfig) -> int:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         backend = "nccl" if torch.cuda.is_available() and cfg.device in ("auto", "cuda") else "gloo"
@@ -837,14 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.setup()
         summary = trainer.run()
         if trainer.stop_reason.startswith("interrupted"):
-            return 130
-        return 0 if summary else 1
-    except (CorpusError, checkpoint.CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, FloatingPointError) else 2
-    except KeyboardInterrupt:
-        print("aborted", file=sys.stderr)
-        return 130
+            return cli.INTERRUPTED  # a resumable checkpoint was saved; the run is not done
+        return cli.OK if summary else cli.FAILED
     finally:
         if distributed:
             dist.destroy_process_group()

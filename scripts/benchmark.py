@@ -9,10 +9,14 @@
     python scripts/benchmark.py memory          # peak RSS of training on 1x and 10x a corpus (memory-mapped)
     python scripts/benchmark.py cache           # token cache of a 1 GB text file: time, peak memory
     python scripts/benchmark.py soak --checkpoint runs/hadith   # 1,000 requests from 4 threads
+    python scripts/benchmark.py cell --compare ../old          # the same part, this code vs another checkout
 
 Every part prints a table and writes JSON under --out (default bench/). Speed is always
 reported as a ratio against a reference timed in the same process, interleaved, so a
-noisy shared machine moves both numbers together.
+noisy shared machine moves both numbers together. `--compare DIR` runs the part with this
+code and with the arlm checkout in DIR (e.g. `git worktree add ../old <commit>`), each in
+its own process and alternating, --rounds times: each process measures its own reference,
+so its ratio can be set beside the other code's.
 """
 
 from __future__ import annotations
@@ -39,8 +43,24 @@ sys.path.insert(0, str(ROOT))
 from arlm.model import LanguageModel, ModelConfig, StackedLSTM  # noqa: E402
 
 
+def cpu_model() -> tuple[str, str]:
+    """The CPU's model name and the vector extensions that decide which C build runs."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ["avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "avx2", "fma", "f16c", "neon", "asimd"]
+    return name, " ".join(f for f in wanted if f in flags)
+
+
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    name, vector = cpu_model()
+    return {"cpu": name, "vector": vector, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -210,7 +230,7 @@ def bench_inference(args) -> dict:
     test_docs = documents(resolve(lm.config["run"]["corpus"]))["test"][: args.max_docs or 300]
     rows = []
     for weights in ("float32", "float16", "int8"):
-        lm.model.set_inference_weights(weights)
+        lm = arlm.load(args.checkpoint, weights=weights)
         scores = [lm.score(d) for d in test_docs]
         ppl = math.exp(-sum(r["total_logprob"] for r in scores) / sum(r["num_tokens"] for r in scores))
         lm.predict_next(prefix, k=10)
@@ -464,6 +484,37 @@ def bench_memory(args) -> dict:
     return {"rows": rows}
 
 
+def compare(args, argv: list[str]) -> int:
+    """Run the part with this code and with the checkout in --compare, alternating, and
+    print every run's rows side by side (each run's ratio is against its own reference)."""
+    rest, skip = [], False
+    for a in argv:  # the same arguments, without --compare/--rounds/--out
+        if skip:
+            skip = False
+        elif a in ("--compare", "--rounds", "--out"):
+            skip = True
+        elif not a.startswith(("--compare=", "--rounds=", "--out=")):
+            rest.append(a)
+    codes = {"this": ROOT, "other": Path(args.compare).resolve()}
+    out = Path(args.out)
+    runs: list[dict] = []
+    for r in range(args.rounds):
+        for name, root in codes.items():
+            folder = out / f"compare-{name}-{r}"
+            cmd = [sys.executable, str(root / "scripts" / "benchmark.py"), *rest, "--out", str(folder)]
+            subprocess.run(cmd, check=True, cwd=root, stdout=subprocess.DEVNULL)
+            result = json.loads((folder / f"{args.part}.json").read_text())
+            for row in result["rows"]:
+                runs.append({"code": f"{name} ({root.name})", "round": r + 1, **row})
+    cols = ["code", "round"] + [c for c in runs[0] if c not in ("code", "round", "checkpoint")]
+    print(table(runs, cols))
+    result = {"rows": runs, "part": args.part, "machine": machine(), "compared": {k: str(v) for k, v in codes.items()},
+              "command": "python scripts/benchmark.py " + " ".join(argv), "date": time.strftime("%Y-%m-%d %H:%M")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.part}-compare.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "reference", "memory", "cache", "soak"])
@@ -486,12 +537,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
     p.add_argument("--requests", type=int, default=1000, help="soak: requests (default: 1000)")
     p.add_argument("--megabytes", type=int, default=1024, help="cache: size of the text file (default: 1024)")
+    p.add_argument("--compare", metavar="DIR", help="also run the part with the arlm checkout in DIR, alternating")
+    p.add_argument("--rounds", type=int, default=3, help="--compare: runs of each code (default: 3)")
     args, extra = p.parse_known_args(argv)  # quality: anything else goes to arlm.train
     args.train_args = [a for a in extra if a != "--"]
     if args.train_args and args.part != "quality":
         p.error(f"unrecognized arguments: {' '.join(args.train_args)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        return compare(args, argv if argv is not None else sys.argv[1:])
     result = globals()[f"bench_{args.part}"](args)
     result.update(part=args.part, machine=machine(), command="python scripts/benchmark.py " + " ".join(argv or sys.argv[1:]),
                   date=time.strftime("%Y-%m-%d %H:%M"))

@@ -103,3 +103,17 @@ def test_a_pickle_payload_is_never_executed(tmp_path):
     assert not os.path.exists("/tmp/arlm-pwned-by-pickle")
     # the weights themselves are safetensors: plain data, no code path at all
     assert load(d)[0] is not None
+
+
+def test_resumable_is_latest_or_what_a_crash_mid_save_left_of_it(tmp_path):
+    m, tok = _model_and_tokenizer()
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        ckpt.resumable(tmp_path / "nowhere")
+    save(tmp_path / "run" / "best", m, tok)
+    with pytest.raises(CheckpointError, match="no latest/config.json"):
+        ckpt.resumable(tmp_path / "run")  # best/ is for use, not for resuming
+    save(tmp_path / "run" / "latest", m, tok)
+    assert ckpt.resumable(tmp_path / "run") == tmp_path / "run" / "latest"
+    (tmp_path / "run" / "latest").rename(tmp_path / "run" / "latest.old")  # killed between the two renames
+    assert ckpt.resumable(tmp_path / "run") == tmp_path / "run" / "latest.old"
+    assert ckpt.model_dir(tmp_path / "run") == tmp_path / "run" / "best"

@@ -223,7 +223,7 @@ def test_unit_search_finds_planted_units():
     acts["c"][:, 1, 5] += 2.0 * props["article ال"]          # fires on the article
     acts["h"][:, 0, 3] -= 1.5 * props["punctuation"]         # switches off on punctuation
     acts["c"][:, 0, 7] = positions / 25 + rng.normal(scale=0.05, size=N)  # counts the position
-    stats = CorpusStats(ids, tokens, positions, np.zeros((L, 3, H)), np.zeros((L, 3, H)), acts)
+    stats = CorpusStats(ids, tokens, positions, np.zeros((L, 3, H)), np.zeros((L, 3, H)), acts, special_ids=(0, 1, 2, 3))
     found = gates.search_units(stats, top=3)
     best = {name: (s[0].layer, s[0].gate, s[0].unit) for name, s in found.items()}
     assert best["article ال"] == (2, "c", 5) and found["article ال"][0].r > 0.6

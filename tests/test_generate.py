@@ -95,12 +95,16 @@ def words(lm, sentence):
 
 
 def full_forward_log_probs(lm, text):
-    """(targets, log-prob of each target) from one forward pass over [eos] + text."""
-    tok, model = lm.tokenizer, lm.model
+    """(targets, log-prob of each target) from one forward pass over [eos] + text, by the
+    predictor's inference engine; in float32 also checked equal to the readable model's."""
+    tok, engine = lm.tokenizer, lm.engine
     ids = [tok.eos_id] + tok.encode(text)
-    with torch.no_grad():
-        features = model(torch.tensor(ids).view(-1, 1)).features[:, 0]
-        log_probs = model.log_probs(features)  # (T, V)
+    x = torch.tensor(ids).view(-1, 1)
+    log_probs = engine.log_probs(engine(x).features[:, 0])  # (T, V)
+    if engine.weights == "float32":
+        with torch.no_grad():
+            plain = lm.model.log_probs(lm.model(x).features[:, 0])
+        torch.testing.assert_close(log_probs, plain, atol=1e-5, rtol=0)
     return ids, log_probs
 
 
@@ -311,12 +315,12 @@ def test_beam_search_without_eos_runs_to_max_new_tokens(lm_full):
 
 
 def assert_steps_equal_full_forward(lm, text: str) -> torch.Tensor:
-    """model.step token by token gives the log-probabilities of one forward pass."""
+    """engine.step token by token gives the log-probabilities of one forward pass."""
     ids, log_probs = full_forward_log_probs(lm, text)
     state = None
     with torch.no_grad():
         for t, token in enumerate(ids):
-            step_log_probs, state = lm.model.step(torch.tensor([token]), state)
+            step_log_probs, state = lm.engine.step(torch.tensor([token]), state)
             assert torch.allclose(step_log_probs[0], log_probs[t], atol=1e-5), t
     return log_probs
 
@@ -481,7 +485,7 @@ def lm_low(request, checkpoints) -> Predictor:
 
 def test_low_precision_weights_agree_with_float32(lm_low, checkpoints):
     exact = arlm.load(checkpoints("full" if lm_low.model.adaptive is None else "adaptive"))
-    tolerance = 2e-3 if lm_low.model.inference_weights == "float16" else 3e-2
+    tolerance = 2e-3 if lm_low.engine.weights == "float16" else 3e-2
     for sentence in SENTENCES:
         w = words(exact, sentence)
         for n in range(len(w) + 1):
@@ -498,31 +502,36 @@ def test_low_precision_step_by_step_equals_full_forward(lm_low):
 
 
 def test_low_precision_leaves_training_exact_and_follows_weight_updates(checkpoints):
-    lm = arlm.load(checkpoints("adaptive"))
+    """The int8 copies live in the Predictor's engine, never in the model: training reads the
+    float32 parameters whatever the Predictor's weights. The engine is a snapshot; a new one
+    built after the weights change follows them."""
+    from arlm.inference import FrozenModel
+
+    lm = arlm.load(checkpoints("adaptive"), weights="int8")
+    exact_lm = arlm.load(checkpoints("adaptive"))
     model = lm.model
     ids = torch.tensor(lm.tokenizer.encode(SENTENCES[1])).view(-1, 1)
-    model.set_inference_weights("int8")
-    with torch.enable_grad():  # training reads the float32 parameters, whatever the setting
-        model.set_inference_weights("float32")
-        exact = model(ids).features.detach()
-        model.set_inference_weights("int8")
-        assert torch.equal(model(ids).features.detach(), exact)
+    with torch.enable_grad():
+        assert torch.equal(model(ids).features.detach(), exact_lm.model(ids).features.detach())
     before = lm.next_distribution(SENTENCES[1])
-    with torch.no_grad():  # an optimizer step in place: the int8 copies must be remade
+    with torch.no_grad():  # an optimizer step in place
         for p in model.parameters():
             p.mul_(0.5)
-    after = lm.next_distribution(SENTENCES[1])
-    model.set_inference_weights("float32")
+    assert torch.equal(lm.next_distribution(SENTENCES[1]), before)  # the snapshot is unchanged
+    after = Predictor(model, lm.tokenizer, weights="int8").next_distribution(SENTENCES[1])
+    exact_after = Predictor(model, lm.tokenizer).next_distribution(SENTENCES[1])
     assert not torch.allclose(before, after, atol=1e-3)
-    assert torch.allclose(after, lm.next_distribution(SENTENCES[1]), atol=3e-2)
+    assert torch.allclose(after, exact_after, atol=3e-2)
 
 
 def test_bad_inference_weights(checkpoints, capsys):
+    from arlm.inference import FrozenModel
+
     with pytest.raises(ValueError, match="weights must be one of float32, float16, int8"):
         arlm.load(checkpoints("full"), weights="bf16")
     lm = arlm.load(checkpoints("full"))
     with pytest.raises(ValueError, match="float32, float16 or int8"):
-        lm.model.set_inference_weights("int4")
+        FrozenModel(lm.model, "int4")
     assert main(["--checkpoint", str(checkpoints("full")), "--weights", "int4"]) == 2
     assert "invalid choice: 'int4'" in capsys.readouterr().err
 

@@ -84,7 +84,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_bad_config_values():
-    with pytest.raises(ValueError, match="choose word or sentencepiece"):
+    with pytest.raises(ValueError, match="kind must be word or sentencepiece, got 'char'"):
         TokenizerConfig(kind="char")
     with pytest.raises(ValueError, match="min_freq must be at least 1"):
         TokenizerConfig(min_freq=0)

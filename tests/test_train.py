@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from arlm import checkpoint
 from arlm.model import Output
-from arlm.train import Trainer, TrainConfig, load_config, main
+from arlm.train import Trainer, TrainConfig, load_config, lr_at, main, schedule_lr
 
 TINY = ["--emb-size", "16", "--hidden-size", "24", "--num-layers", "2", "--batch-size", "4", "--bptt", "10",
         "--vocab-size", "200", "--min-freq", "1", "--cutoffs", "20,60", "--eval-interval", "10", "--log-interval", "5",
@@ -82,7 +82,8 @@ def test_config_file_then_flags(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('hidden_size = 64\nbptt = 20\ncutoffs = [100, 500]\n')
     cfg = load_config(["--config", str(toml), "--bptt", "30"])
-    assert (cfg.hidden_size, cfg.bptt, cfg.cutoffs, cfg.emb_size) == (64, 30, [100, 500], TrainConfig().emb_size)
+    assert (cfg.model.hidden_size, cfg.bptt, cfg.model.cutoffs, cfg.model.emb_size) == \
+        (64, 30, [100, 500], TrainConfig().model.emb_size)
     toml.write_text('hiden_size = 64\n')
     with pytest.raises(SystemExit):
         load_config(["--config", str(toml)])
@@ -167,7 +168,7 @@ def test_tokenizer_specs_and_normalize_options_reach_the_tokenizer(capsys):
     assert (norm.teh_marbuta, norm.alef, norm.latin, norm.diacritics) == (False, False, "lower", True)
     with pytest.raises(SystemExit):
         load_config(["--normalize", "latin=upper"])
-    assert "choose one of keep, lower, drop" in capsys.readouterr().err
+    assert "latin must be keep, lower or drop, got 'upper'" in capsys.readouterr().err
 
 
 def test_out_with_a_run_is_refused_unless_resumed_or_overwritten(text_corpus, tmp_path, capsys):
@@ -226,31 +227,43 @@ def test_plateau_schedule_warms_up_then_keeps_lr_until_valid_stalls(text_corpus,
     assert _recorded_lrs(cfg) == pytest.approx([0.002 * min(1, (k + 1) / 5) for k in range(10)], rel=1e-9)
 
 
-def test_cosine_schedule_under_a_time_budget_follows_the_clock(text_corpus, tmp_path):
-    cfg = load_config(["--corpus", str(text_corpus), "--out", str(tmp_path / "t"), *TINY, "--lr-schedule", "cosine",
-                       "--lr", "0.004", "--time-budget", "10"])
-    trainer = Trainer(cfg)
-    trainer.setup()
-    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.004)
-    trainer.train_seconds = 5 * 60  # half the budget spent, few steps taken: the clock decides
-    trainer.step = 10
-    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.002)
-    trainer.train_seconds, trainer.step = 60, 750  # the step limit comes first
-    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.004 * 0.5 * (1 + math.cos(math.pi * 0.75)))
-    trainer.cfg.decay_start = 0.8  # constant for 80% of the run, then the half cosine over the rest
-    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.004)
-    trainer.step = 900
-    assert trainer.scheduled_lr(total_steps=1000) == pytest.approx(0.002)
-    trainer.step = 1000
-    assert trainer.scheduled_lr(total_steps=1000) == 0.0
+def test_cosine_schedule_under_a_time_budget_follows_the_clock():
+    cfg = load_config(["--lr-schedule", "cosine", "--lr", "0.004", "--time-budget", "10"])
+    assert lr_at(0, 0.0, cfg, total_steps=1000) == pytest.approx(0.004)
+    # half the budget spent, few steps taken: the clock decides
+    assert lr_at(10, 5 * 60, cfg, total_steps=1000) == pytest.approx(0.002)
+    # the step limit comes first
+    assert lr_at(750, 60, cfg, total_steps=1000) == pytest.approx(0.004 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+    cfg.optim.decay_start = 0.8  # constant for 80% of the run, then the half cosine over the rest
+    assert lr_at(750, 60, cfg, total_steps=1000) == pytest.approx(0.004)
+    assert lr_at(900, 60, cfg, total_steps=1000) == pytest.approx(0.002)
+    assert lr_at(1000, 60, cfg, total_steps=1000) == 0.0
     with pytest.raises(SystemExit):
         load_config(["--decay-start", "1"])
 
 
-def test_evaluation_time_is_not_training_time(text_corpus, tmp_path, monkeypatch):
-    from arlm import kernel, train
+def test_lr_at_is_its_formula_for_every_schedule():
+    """warm-up × (cosine of the run's progress, the clock's or the steps', past --decay-start | the plateau rate)."""
+    for warmup, decay_start, budget in ((0, 0.0, 0), (5, 0.0, 0), (5, 0.5, 0), (3, 0.25, 2.0)):
+        cfg = load_config(["--lr-schedule", "cosine", "--lr", "0.01", "--warmup", str(warmup),
+                           "--decay-start", str(decay_start), "--time-budget", str(budget)])
+        for step, seconds in ((0, 0.0), (2, 1.0), (4, 90.0), (40, 30.0), (99, 200.0), (100, 0.0)):
+            progress = max(step / 100, seconds / (budget * 60) if budget else 0.0)
+            decayed = max(0.0, min(progress, 1.0) - decay_start) / (1 - decay_start)
+            warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+            expected = 0.01 * 0.5 * (1 + math.cos(math.pi * decayed))
+            assert schedule_lr(step, seconds, cfg, 100, plateau_lr=123.0) == pytest.approx(expected, rel=1e-12)
+            assert lr_at(step, seconds, cfg, 100) == pytest.approx(warm * expected, rel=1e-12)
+    plateau = load_config(["--warmup", "4", "--lr", "0.01"])
+    assert [lr_at(k, 0.0, plateau, 100) for k in range(6)] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+    assert lr_at(50, 1e6, plateau, 100, plateau_lr=0.005) == 0.005  # the rate ReduceLROnPlateau left
 
-    kernel.load()  # a first build of the C step (~1 s) is training time; keep it out of the comparison
+
+def test_evaluation_time_is_not_training_time(text_corpus, tmp_path, monkeypatch):
+    from arlm import train
+
+    # A first build of the fast backend (~1 s) is training time; keep it out of the comparison.
+    assert run(text_corpus, tmp_path / "warm", "--max-steps", "1") == 0
     slow = train.evaluate
 
     def slow_evaluate(*a, **k):
@@ -315,3 +328,34 @@ def test_plain_progress_lines_when_not_a_terminal(text_corpus, tmp_path, capsys)
     assert run(text_corpus, tmp_path / "p", "--max-steps", "50", "--log-interval", "2") == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step 20/")]
     assert lines and "tokens/s" in lines[0] and "min left" in lines[0]
+
+
+LEGACY = Path(__file__).parent / "data" / "legacy"
+
+
+def test_same_seed_gives_the_old_codes_valid_perplexities(tmp_path):
+    """The run tests/data/make_legacy.py made with the code before the #9 redesign, rerun
+    today: the same seed must give the same trajectory (the same draws, in the same order)."""
+    from conftest import arabic_documents
+
+    answers = json.loads((LEGACY / "answers.json").read_text(encoding="utf-8"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(arabic_documents(1500)) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["--corpus", str(corpus), "--out", str(out), *answers["train_args"]]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["valid_ppl"] for r in log] == pytest.approx(answers["valid_ppl"], rel=1e-3)
+
+
+def test_a_run_saved_before_the_new_options_existed_resumes(text_corpus, tmp_path):
+    """Checkpoints made before #9 saved the flat run config without split_digits,
+    reset_at_eos and adaptive_div: they resume with those at the values they had."""
+    out = tmp_path / "old"
+    assert run(text_corpus, out, "--max-steps", "5") == 0
+    path = out / "latest" / "config.json"
+    saved = json.loads(path.read_text())
+    for key in ("split_digits", "reset_at_eos", "adaptive_div"):
+        del saved["run"][key]
+    path.write_text(json.dumps(saved))
+    assert main(["--resume", str(out), "--max-steps", "8"]) == 0
+    assert checkpoint.load_trainer_state(out / "latest")["step"] == 8

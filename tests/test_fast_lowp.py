@@ -1,13 +1,14 @@
-"""The compiled products from low-precision weights (arlm/kernel.py, arlm/lstm_step.c)
+"""The compiled products from low-precision weights (arlm/fast/lowp.py, arlm/fast/lstm_step.c)
 against plain float32 arithmetic on the numbers they stand for."""
 
 import pytest
 import torch
 
-from arlm import kernel
+from arlm.fast import build
+from arlm.fast.lowp import LowPrecision
 
 
-def dequantized(q: kernel.LowPrecision) -> torch.Tensor:
+def dequantized(q: LowPrecision) -> torch.Tensor:
     W = q.data.t() if q.transposed else q.data
     return W.float() if q.scale is None else W.float() * q.scale[:, None]
 
@@ -18,7 +19,7 @@ def dequantized(q: kernel.LowPrecision) -> torch.Tensor:
 def test_products_equal_float32_on_the_stored_numbers(dtype, N, K, M):
     torch.manual_seed(N * K + M)
     W = torch.randn(N, K)
-    q = kernel.LowPrecision(W, dtype)
+    q = LowPrecision(W, dtype)
     assert q.transposed == (K < 128)
     x = torch.randn(M, K)
     torch.testing.assert_close(q.matmul(x), x @ dequantized(q).t(), atol=2e-5 * K ** 0.5, rtol=1e-5)
@@ -33,7 +34,7 @@ def test_products_equal_float32_on_the_stored_numbers(dtype, N, K, M):
 def test_a_column_range_of_the_fused_weight(dtype, H, I):
     torch.manual_seed(1)
     W = torch.randn(4 * H, H + I)
-    q = kernel.LowPrecision(W, dtype, transposable=False)
+    q = LowPrecision(W, dtype, transposable=False)
     h, x = torch.randn(2, H), torch.randn(5, I)
     D = dequantized(q)
     torch.testing.assert_close(q.matmul(h, 0, H), h @ D[:, :H].t(), atol=1e-4, rtol=1e-5)
@@ -41,6 +42,6 @@ def test_a_column_range_of_the_fused_weight(dtype, H, I):
 
 
 def test_unknown_dtype_is_refused():
-    assert kernel.supports("float32") and not kernel.supports("int4")
+    assert build.supports("float32") and not build.supports("int4")
     with pytest.raises(ValueError, match="int4"):
-        kernel.LowPrecision(torch.randn(4, 4), "int4")
+        LowPrecision(torch.randn(4, 4), "int4")

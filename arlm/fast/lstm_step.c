@@ -1,6 +1,6 @@
 /* The element-wise half of one LSTM time step, forward and backward, in one pass.
 
-   arlm/cell.py does the matrix products with torch (oneDNN); what is left of a step is
+   arlm/fast/ does the matrix products with torch (oneDNN); what is left of a step is
    a dozen element-wise operations on (batch, hidden) tensors. As separate torch calls
    each one reads and writes memory and pays a dispatch, and torch's tanh is slow on
    CPU; that was most of a step at hidden size 256. Here they are one loop the compiler
@@ -11,7 +11,7 @@
 
    Layout: z and gates are (batch, 4·hidden) in the order f, i, c̃, o; states are
    (batch, hidden); `keep` is one float per batch row (0 where a document starts, which
-   zeroes the state the step reads), or NULL. Built by arlm/kernel.py with the system C
+   zeroes the state the step reads), or NULL. Built by arlm/fast/build.py with the system C
    compiler; plain C99, no torch headers, so it compiles in a fraction of a second. */
 
 #include <stdint.h>
@@ -359,7 +359,7 @@ DEFINE_SEQUENCE(f16, uint16_t)
    element-wise step, and their part of the next step's input, then waits once for the
    others. A step's product and gate math stay in the core that owns the units. The weight
    is repacked per window into panels (chunk, gate, k, W lanes) that the micro-kernel reads
-   in order. Needs H to be a multiple of W; otherwise cell.py keeps the step-by-step loop. */
+   in order. Needs H to be a multiple of W; otherwise the backend keeps the step-by-step loop (c_step.py). */
 
 /* z rows r < mb (a constant once inlined) for two panels of W columns:
    z0[r] = Σ_k a[r, k] · p0[k], z1 likewise. */
@@ -463,7 +463,7 @@ void arlm_lstm_window_forward(int64_t threads, int64_t T, int64_t B, int64_t H, 
 }
 
 /* Backward over a window (the recurrence only; weight and input gradients are one product
-   each over the window, in cell.py). d_hs (T, B, H) or NULL; dh (B, H): in, ∂L/∂h_T; out,
+   each over the window, in arlm/fast/__init__.py). d_hs (T, B, H) or NULL; dh (B, H): in, ∂L/∂h_T; out,
    ∂L/∂h_0. dc likewise. Writes dG (T, B, 4H). Scratch: Wp (4H·H), dh_rec (B·H). */
 void arlm_lstm_window_backward(int64_t threads, int64_t T, int64_t B, int64_t H, const float *Wf, int64_t ld,
                                const float *gates, const float *c0, const float *cs, const float *tanh_cs,

@@ -1,0 +1,208 @@
+"""The fast backend (arlm/fast/): every path equals the readable step (LSTMCell.forward),
+forward and backward, and the stack equals torch.nn.LSTM."""
+
+import pytest
+import torch
+from torch import nn
+
+from arlm.cell import LSTMCell
+from arlm.fast import Window
+from arlm.fast import build as kernel
+from arlm.model import StackedLSTM
+
+
+@pytest.fixture(params=["C window", "C step", "torch ops"])
+def path(request, monkeypatch):
+    """Run a test on each implementation of the fast path: the whole window in one C call
+    (where H is whole vectors and T·B >= 32), a Python time loop around the compiled C
+    step, and the torch-operations fallback (arlm/fast/)."""
+    compiled = request.param != "torch ops"
+    monkeypatch.setenv("ARLM_WINDOW", "1" if request.param == "C window" else "0")
+    kernel.set_enabled(compiled)
+    if compiled:
+        assert kernel.load() is not None, "the C step did not build: is a C compiler installed?"
+    else:
+        assert kernel.load() is None
+    yield request.param
+    kernel.set_enabled(True)
+
+
+def readable_run(cell: LSTMCell, x, h, c, keep=None):
+    """The definition: the seed's equations, one step at a time (with `keep`, the state
+    zeroed before the steps where a document starts)."""
+    hs = []
+    for t, x_t in enumerate(x):
+        if keep is not None:
+            h, c = h * keep[t], c * keep[t]
+        step = cell(x_t, (h, c))
+        h, c = step.h, step.c
+        hs.append(h)
+    return torch.stack(hs), h, c
+
+
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 4), (7, 5, 6, 9), (20, 3, 16, 8), (9, 4, 5, 32)])
+def test_fast_sequence_equals_readable_step(T, B, I, H, path):
+    torch.manual_seed(T)
+    cell = LSTMCell(I, H)
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
+    hs, (h, c), trace = cell.sequence(x, (h0, c0))
+    ref_hs, ref_h, ref_c = readable_run(cell, x, h0, c0)
+    torch.testing.assert_close(hs, ref_hs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c, ref_c, atol=1e-5, rtol=0)
+    # the trace holds the same gates the readable step computes
+    step0 = cell(x[0], (h0, c0))
+    for name in ("f", "i", "c_tilde", "o"):
+        torch.testing.assert_close(getattr(trace, name)[0], getattr(step0.gates, name), atol=1e-6, rtol=0)
+    torch.testing.assert_close(trace.c[-1], c)
+    torch.testing.assert_close(trace.h, hs)
+
+
+def test_hand_written_backward_equals_autograd_of_the_readable_step(path):
+    torch.manual_seed(0)
+    cell = LSTMCell(5, 6)
+    x = torch.randn(9, 4, 5, requires_grad=True)
+    h0, c0 = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    w_out, w_h, w_c = torch.randn(9, 4, 6), torch.randn(4, 6), torch.randn(4, 6)
+
+    def grads(run):
+        hs, h, c = run()
+        loss = (hs * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()
+        return torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])
+
+    fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0))))
+    slow = grads(lambda: readable_run(cell, x, h0, c0))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(0)
+    cell = LSTMCell(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    W, b = (t.detach().clone().requires_grad_() for t in cell.fused())
+    assert torch.autograd.gradcheck(lambda *a: Window.apply(*a)[:3], (x, h0, c0, W, b))
+    # the readable step, through the named parameters
+    assert torch.autograd.gradcheck(lambda x, h, c: tuple(cell(x, (h, c))[:2]), (x[0], h0, c0))
+
+
+@pytest.mark.parametrize("layers,T,B,I,H", [(1, 4, 1, 3, 5), (2, 12, 4, 8, 16), (3, 6, 7, 10, 6)])
+def test_stack_matches_torch_lstm_outputs_states_and_all_gradients(layers, T, B, I, H, path):
+    torch.manual_seed(layers)
+    ref = nn.LSTM(I, H, layers)
+    ours = StackedLSTM.from_torch(ref)
+    x = torch.randn(T, B, I)
+    h0, c0 = torch.randn(layers, B, H), torch.randn(layers, B, H)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, (h_ref, c_ref) = ref(x1, (h0, c0))
+    y, (h, c), _ = ours(x2, (h0, c0))
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c, c_ref, atol=1e-5, rtol=0)
+    w = torch.randn_like(y)
+    ((y_ref * w).sum() + h_ref.sum() + 2 * c_ref.sum()).backward()
+    ((y * w).sum() + h.sum() + 2 * c.sum()).backward()
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-5, rtol=0)
+    # map our per-gate gradients back onto torch's (i, f, g, o) layout and compare
+    for k, cell in enumerate(ours.cells):
+        for gate, j in (("i", 0), ("f", 1), ("c", 2), ("o", 3)):
+            rows = slice(j * H, (j + 1) * H)
+            g_w = getattr(cell, f"W_{gate}").grad
+            torch.testing.assert_close(g_w[:, :H], getattr(ref, f"weight_hh_l{k}").grad[rows], atol=1e-5, rtol=0)
+            torch.testing.assert_close(g_w[:, H:], getattr(ref, f"weight_ih_l{k}").grad[rows], atol=1e-5, rtol=0)
+            torch.testing.assert_close(getattr(cell, f"b_{gate}").grad, getattr(ref, f"bias_ih_l{k}").grad[rows], atol=1e-5, rtol=0)
+            torch.testing.assert_close(getattr(cell, f"b_{gate}").grad, getattr(ref, f"bias_hh_l{k}").grad[rows], atol=1e-5, rtol=0)
+
+
+
+
+
+
+
+
+def test_reset_mask_equals_readable_steps_with_zeroed_state_and_gradients_match():
+    torch.manual_seed(5)
+    cell = LSTMCell(3, 4).double()
+    T, B = 7, 3
+    x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(B, 4, dtype=torch.float64, requires_grad=True)
+    keep = torch.ones(T, B, 1, dtype=torch.float64)
+    keep[0, 1] = keep[3, 0] = keep[5, 2] = 0  # documents start there
+    hs, (h, c), _ = cell.sequence(x, (h0, c0), keep=keep)
+    torch.testing.assert_close(hs, readable_run(cell, x, h0, c0, keep)[0])
+    W, b = (t.detach().clone().requires_grad_() for t in cell.fused())
+    assert torch.autograd.gradcheck(lambda *a: Window.apply(*a, keep)[:3], (x, h0, c0, W, b))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H", [260, 48])
+def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, threads, H):
+    """The fast paths with document resets, against autograd through the readable step.
+    260 units end in a part vector (the C step's tail; no whole-window call); 48 are three
+    vectors of 16, which two threads split unevenly in the whole-window call. B * H is
+    large enough that the C step splits rows over threads when given two."""
+    torch.manual_seed(6)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        T, B, I = 6, 16, 8
+        cell = LSTMCell(I, H)
+        x = torch.randn(T, B, I, requires_grad=True)
+        h0, c0 = torch.randn(B, H, requires_grad=True), torch.randn(B, H, requires_grad=True)
+        keep = torch.ones(T, B, 1)
+        keep[0, 1] = keep[2, 0] = keep[2, 5] = keep[5, 15] = 0
+        w_out, w_h, w_c = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
+
+        def grads(run):
+            hs, h, c = run()
+            loss = (hs * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()
+            return [hs, h, c, *torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])]
+
+        fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0), keep=keep)))
+        for a, b in zip(fast, grads(lambda: readable_run(cell, x, h0, c0, keep))):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_c_step_propagates_nan():
+    """A diverging run must still be seen as NaN (the exp clamps must not hide it)."""
+    torch.manual_seed(0)
+    cell = LSTMCell(3, 20)
+    x = torch.randn(4, 2, 3)
+    x[1, 0, 0] = float("nan")
+    hs, _, _ = cell.sequence(x, (torch.zeros(2, 20), torch.zeros(2, 20)))
+    assert torch.isnan(hs[1, 0]).all() and not torch.isnan(hs[:, 1]).any()
+
+
+def test_without_a_compiler_the_torch_path_runs_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path))          # nothing built here yet
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    kernel.set_enabled(True)
+    try:
+        with pytest.warns(UserWarning, match="could not be built"):
+            assert kernel.load() is None
+        cell = LSTMCell(3, 4)
+        x, s = torch.randn(5, 2, 3), (torch.zeros(2, 4), torch.zeros(2, 4))
+        torch.testing.assert_close(cell.sequence(x, s)[0], readable_run(cell, x, *s)[0], atol=1e-5, rtol=0)
+    finally:
+        monkeypatch.undo()
+        kernel.set_enabled(True)
+
+
+def test_cpu_autocast_and_odd_inputs_never_reach_the_c_paths_wrongly():
+    """Found in review: under CPU bfloat16 autocast the input product came back bfloat16
+    and the C step read it as float32. And a keep mask that broadcasts over the batch."""
+    torch.manual_seed(2)
+    cell = LSTMCell(8, 16)
+    for T, B in [(2, 3), (4, 8)]:  # the step loop, and the whole-window call
+        x, s = torch.randn(T, B, 8), (torch.zeros(B, 16), torch.zeros(B, 16))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            hs = cell.sequence(x, s)[0]
+        torch.testing.assert_close(hs.float(), readable_run(cell, x, *s)[0], atol=2e-2, rtol=0)
+        keep = torch.ones(T, 1, 1)
+        keep[1] = 0
+        torch.testing.assert_close(cell.sequence(x, s, keep=keep)[0],
+                                   readable_run(cell, x, *s, keep.expand(T, B, 1))[0], atol=1e-5, rtol=0)
