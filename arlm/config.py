@@ -203,6 +203,30 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def parameter_count(self) -> int:
+        """The number of parameters `LanguageModel(self)` has, by arithmetic alone (no
+        tensor is made): what a config asks for can be weighed before it is built, and a
+        size no machine can hold refused in a sentence instead of an allocation error.
+        Tested equal to `num_parameters()` of the built model."""
+        V, E, H, L = self.vocab_size, self.emb_size, self.hidden_size, self.num_layers
+        total = V * E                                       # embedding
+        total += 4 * (H * (H + E) + H)                      # layer 1: four gates over [h, x]
+        total += (L - 1) * 4 * (H * (H + H) + H)            # layers 2..L
+        out = E if self.tie_weights else H
+        if out != H:
+            total += H * out + out                          # projection H → E
+        if self.uses_adaptive:
+            cutoffs = self.effective_cutoffs
+            head = cutoffs[0] + len(cutoffs)                # shortlist + one row per cluster
+            total += len(cutoffs) * out if self.tie_weights else head * out  # tied: the clusters' rows only
+            bounds = cutoffs + [V]
+            for i in range(len(cutoffs)):
+                width = int(out // (self.adaptive_div ** (i + 1)))
+                total += out * width + width * (bounds[i + 1] - bounds[i])
+        else:
+            total += V + (0 if self.tie_weights else out * V)  # decoder bias (+ weight unless tied)
+        return total
+
 
 @dataclass
 class ModelSpec(ModelConfig):
@@ -213,7 +237,8 @@ class ModelSpec(ModelConfig):
 
     vocab_size: int = option(0, "from the tokenizer", flag=False)
     softmax: str = option("auto", SOFTMAX_HELP + "; auto: adaptive for the word tokenizer (frequency-ordered "
-                                                 "ids), full for sentencepiece", choices=("auto", "full", "adaptive"))
+                                                 "ids) and for sentencepiece (ids renumbered by frequency in the token cache)",
+                          choices=("auto", "full", "adaptive"))
     vectors: str = option("", "initialize embeddings from word vectors in word2vec/fastText text format (.vec)")
 
 
@@ -295,19 +320,19 @@ class TrainConfig:
     overwrite: bool = option(False, "replace the run already in --out (without it, arlm refuses to mix two runs "
                                     "in one directory)")
 
-    @property
-    def resolved_softmax(self) -> str:
-        # The adaptive softmax needs ids ordered by frequency (the word vocabulary is);
-        # sentencepiece ids are not (its 256 byte pieces come first), so subwords get a full one.
+    def softmax_for(self, tokenizer) -> str:
+        """softmax "auto": adaptive where the tokenizer's ids are ordered by frequency (the
+        word vocabulary; sentencepiece ids renumbered by the token cache), else full (a
+        sentencepiece tokenizer from an older cache, whose 256 byte pieces come first)."""
         if self.model.softmax == "auto":
-            return "adaptive" if self.tokenizer.kind == "word" else "full"
+            return "adaptive" if getattr(tokenizer, "frequency_ordered", False) else "full"
         return self.model.softmax
 
     def model_config(self, tokenizer) -> ModelConfig:
         """The network this run trains on `tokenizer`'s ids: its vocabulary size and
         end-of-document id come from the tokenizer, never from a literal."""
         spec = {f.name: getattr(self.model, f.name) for f in dataclasses.fields(ModelConfig)}
-        spec.update(vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, softmax=self.resolved_softmax,
+        spec.update(vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, softmax=self.softmax_for(tokenizer),
                     cutoffs=list(self.model.cutoffs))
         return ModelConfig(**spec)
 

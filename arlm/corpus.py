@@ -499,6 +499,19 @@ def _encode_chunk(chunk: list[tuple[str, str]]) -> dict[str, np.ndarray]:
     return {s: np.asarray(v, dtype=np.uint32) for s, v in ids.items()}
 
 
+def _renumber(directory: Path, new_id: np.ndarray, dtype, chunk: int = 1 << 24) -> None:
+    """Map every id of the split files in `directory` through `new_id`, in place, a chunk at a time."""
+    for split in SPLITS:
+        path = directory / f"{split}.bin"
+        if path.stat().st_size == 0:
+            continue
+        ids = np.memmap(path, dtype=dtype, mode="r+")
+        for start in range(0, len(ids), chunk):
+            ids[start : start + chunk] = new_id[ids[start : start + chunk]]
+        ids.flush()
+        del ids
+
+
 def _chunked(items: Iterable, size: int = CHUNK_DOCS) -> Iterator[list]:
     chunk: list = []
     for item in items:
@@ -814,6 +827,7 @@ def prepare(
     # the private folder; a write that fails (read-only, full disk) is one CorpusError.
     directory = final.with_name(f".{final.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}")
     n_tokens, n_unk, words = Counter(), Counter(), 0
+    piece_counts = np.zeros(tok.vocab_size, dtype=np.int64)
     sample: list[str] = []
     t1 = time.time()
     files: dict = {}
@@ -841,11 +855,18 @@ def prepare(
                     raise _write_error(e, final, need) from None
                 n_tokens[split] += int(ids.size)
                 n_unk[split] += int((ids == tok.unk_id).sum())
+                if split == "train":
+                    piece_counts += np.bincount(ids, minlength=tok.vocab_size)[: tok.vocab_size]
         try:
             for f in files.values():
                 f.close()  # flushes: a full disk can show here first
             for split in SPLITS:
                 os.replace(directory / f"{split}.bin.tmp", directory / f"{split}.bin")
+            if isinstance(tok, SentencePieceTokenizer):
+                # Renumber sentencepiece's ids by their frequency in train, as the word
+                # vocabulary is ordered, so the adaptive softmax's head holds the frequent pieces.
+                tok = tok.with_frequency_order(piece_counts)
+                _renumber(directory, np.asarray(tok._from_sp, dtype=dtype), dtype)
         except OSError as e:
             raise _write_error(e, final, need) from None
         t_encode = time.time() - t1

@@ -14,6 +14,7 @@ This module knows nothing about torch.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -137,6 +138,8 @@ class WordTokenizer:
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
+    frequency_ordered = True  # ids ordered by count: what the adaptive softmax needs
+
     def __init__(self, vocab: list[str], config: TokenizerConfig, counts: dict[str, int] | None = None):
         if tuple(vocab[:4]) != SPECIALS:
             raise ValueError(f"a word vocabulary must start with {', '.join(SPECIALS)}")
@@ -207,22 +210,49 @@ class WordTokenizer:
 
 
 class SentencePieceTokenizer:
-    """Subwords from a sentencepiece model trained on the normalized train split."""
+    """Subwords from a sentencepiece model trained on the normalized train split.
+
+    arlm's ids are sentencepiece's renumbered by frequency in the train split (`order[id]`
+    is the sentencepiece id of arlm id `id`; the specials keep 0-3), as the word
+    vocabulary is, so the adaptive softmax's frequent head works for subwords too. The token
+    cache sets the order after counting (`with_frequency_order`); a tokenizer saved without
+    one (older runs) keeps sentencepiece's own ids."""
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
-    def __init__(self, model_proto: bytes, config: TokenizerConfig):
+    def __init__(self, model_proto: bytes, config: TokenizerConfig, order: list[int] | None = None):
         import sentencepiece as spm
 
         self.config = config
         self.model_proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        n = self.sp.get_piece_size()
+        if order is not None and (sorted(order) != list(range(n)) or list(order[: len(SPECIALS)]) != list(range(len(SPECIALS)))):
+            raise ValueError(f"the id order must be a permutation of 0..{n - 1} keeping the special ids 0-3")
+        self.order = list(order) if order is not None else None
+        if self.order is not None:
+            self._to_sp = self.order                        # arlm id → sentencepiece id
+            self._from_sp = [0] * n                         # sentencepiece id → arlm id
+            for new, old in enumerate(self.order):
+                self._from_sp[old] = new
+
+    @property
+    def frequency_ordered(self) -> bool:
+        """Whether ids are ordered by frequency (what the adaptive softmax needs)."""
+        return self.order is not None
+
+    def with_frequency_order(self, counts) -> "SentencePieceTokenizer":
+        """The same tokenizer with ids renumbered by `counts` (per sentencepiece id, from the
+        train split): specials first, then the most frequent piece, ties by sentencepiece id."""
+        n = self.vocab_size
+        rest = sorted(range(len(SPECIALS), n), key=lambda i: (-int(counts[i]) if i < len(counts) else 0, i))
+        return SentencePieceTokenizer(self.model_proto, self.config, list(range(len(SPECIALS))) + rest)
 
     def __getstate__(self) -> dict:  # for worker processes: the model travels as bytes
-        return {"model_proto": self.model_proto, "config": self.config}
+        return {"model_proto": self.model_proto, "config": self.config, "order": self.order}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["model_proto"], state["config"])
+        self.__init__(state["model_proto"], state["config"], state.get("order"))
 
     @classmethod
     def train(cls, texts: Iterable[str], config: TokenizerConfig) -> tuple["SentencePieceTokenizer", dict]:
@@ -263,27 +293,66 @@ class SentencePieceTokenizer:
     def tokenize(self, text: str) -> list[str]:
         return self.sp.encode(normalize(text, self.config.normalize), out_type=str)
 
-    def encode(self, text: str) -> list[int]:
+    def encode_sp(self, text: str) -> list[int]:
+        """Sentencepiece's own ids (the token cache counts these before the order exists)."""
         return self.sp.encode(normalize(text, self.config.normalize))
 
+    def encode(self, text: str) -> list[int]:
+        ids = self.encode_sp(text)
+        return ids if self.order is None else [self._from_sp[i] for i in ids]
+
     def decode(self, ids: Iterable[int]) -> str:
-        return self.sp.decode([int(i) for i in ids])
+        ids = [int(i) for i in ids]
+        return self.sp.decode(ids if self.order is None else [self._to_sp[i] for i in ids])
 
     def id_to_token(self, i: int) -> str:
         # the same names for the specials as the word tokenizer (sentencepiece says <s>, </s>)
-        return SPECIALS[i] if 0 <= i < len(SPECIALS) else self.sp.id_to_piece(int(i))
+        if 0 <= i < len(SPECIALS):
+            return SPECIALS[i]
+        return self.sp.id_to_piece(int(i) if self.order is None else self._to_sp[int(i)])
 
     def token_to_id(self, token: str) -> int:
-        return SPECIALS.index(token) if token in SPECIALS else self.sp.piece_to_id(token)
+        if token in SPECIALS:
+            return SPECIALS.index(token)
+        i = self.sp.piece_to_id(token)
+        return i if self.order is None else self._from_sp[i]
 
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
         _atomic_write(directory / SPM_FILE, self.model_proto)
         payload = {"kind": "sentencepiece", "config": self.config.to_dict(), "model_file": SPM_FILE}
+        if self.order is not None:
+            payload["order"] = self.order
         _atomic_write(directory / TOKENIZER_FILE, json.dumps(payload, ensure_ascii=False).encode())
 
 
 # --- save / load -------------------------------------------------------------------
+
+
+def fingerprint(tokenizer) -> str:
+    """`sha256:<hex>` of what decides which ids a text gets: the kind, the vocabulary (the
+    word list in id order, or the sentencepiece model's bytes and arlm's order of its
+    pieces), split_digits and the normalization. Options that only shaped how the vocabulary was built (vocab_size,
+    min_freq, sp_model) and the word counts are left out. Normalization options at their
+    defaults are left out too, so a normalization option added later, whose default keeps
+    the old behaviour, leaves old fingerprints unchanged. Two tokenizers with the same
+    fingerprint encode every text alike."""
+    config = tokenizer.config
+    default = NormalizeConfig()
+    normalize_diff = {k: v for k, v in config.normalize.to_dict().items() if getattr(default, k) != v}
+    head = {"kind": config.kind, "split_digits": config.split_digits, "normalize": normalize_diff}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True, ensure_ascii=False).encode())
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        h.update(b"\0spm\0")
+        h.update(tokenizer.model_proto)
+        order = getattr(tokenizer, "order", None)  # arlm's renumbering of the pieces, when it has one
+        if order is not None:
+            h.update(b"\0order\0" + json.dumps(list(order)).encode())
+    else:
+        h.update(b"\0words\0")
+        h.update(json.dumps(list(tokenizer.itos), ensure_ascii=False).encode())
+    return "sha256:" + h.hexdigest()
+
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -313,5 +382,8 @@ def load_tokenizer(directory: str | os.PathLike) -> WordTokenizer | SentencePiec
         model = Path(directory) / payload.get("model_file", SPM_FILE)
         if not model.is_file():
             raise FileNotFoundError(f"{model}: the sentencepiece model named by {path} is missing")
-        return SentencePieceTokenizer(model.read_bytes(), config)
+        try:
+            return SentencePieceTokenizer(model.read_bytes(), config, payload.get("order"))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     raise ValueError(f"{path}: unknown tokenizer kind {kind!r}")

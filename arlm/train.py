@@ -33,6 +33,7 @@ from arlm.config import TrainConfig
 from arlm.corpus import available_cards, prepare
 from arlm.model import LanguageModel, ModelConfig, load_vectors
 from arlm.normalize import normalize
+from arlm.tokenizer import fingerprint
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -135,15 +136,37 @@ def lr_at(step: int, seconds: float, cfg: TrainConfig, total_steps: int, plateau
 
 # --- the run -----------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
+    """--device: auto picks CUDA, then MPS, then CPU; a named device this machine lacks is
+    refused in one line (the same check as checkpoint.load's)."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
+        for candidate in ("cuda", "mps"):
+            if checkpoint.device_problem(torch.device(candidate)) is None:
+                return torch.device(candidate)
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device auto or cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if (problem := checkpoint.device_problem(device)) is not None:
+        raise ValueError(f"--device {name}: {problem}; use --device auto or cpu")
+    return device
+
+
+# Float32 copies of the weights that training holds: the weights and their gradients,
+# plus the optimizer's state (AdamW: two moments; NT-ASGD: the running average).
+TRAINING_COPIES = {"adamw": 4, "sgd": 2, "ntasgd": 3}
+
+
+def check_model_fits(model: ModelConfig, optimizer: str, vocab_known: bool = True) -> None:
+    """Refuse, before any tensor is made, a model whose training cannot fit in this
+    machine's memory, naming the sizes and the number (instead of torch's allocation
+    error or a machine swapping to death)."""
+    copies = TRAINING_COPIES.get(optimizer, 4)
+    n = model.parameter_count()
+    if (ram := checkpoint.memory_shortfall(4 * copies * n)) is None:
+        return
+    vocab = f"a vocabulary of {model.vocab_size:,}" if vocab_known else "even the smallest vocabulary"
+    raise ValueError(
+        f"--emb-size {model.emb_size}, --hidden-size {model.hidden_size} and --num-layers {model.num_layers} with "
+        f"{vocab} make a model of {n:,} parameters, about {checkpoint.gib(4 * copies * n)} to train (weights, "
+        f"gradients and optimizer state), more than this machine's {checkpoint.gib(ram)} of memory; choose smaller sizes")
 
 
 def detach(state):
@@ -208,12 +231,24 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.stop_reason = ""
         self._signalled = False
+        self.lock: checkpoint.RunLock | None = None
+        self.writer = None
+
+    def close(self) -> None:
+        """Release the run directory (the lock taken in setup); also done when run() ends."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- setup --
 
     def setup(self) -> None:
         cfg = self.cfg
+        # The sizes alone, before the corpus is read: with the smallest vocabulary there is,
+        # does the model fit at all? (The exact check follows once the tokenizer is known.)
+        check_model_fits(cfg.model_config(_SmallestVocabulary()), cfg.optim.optimizer, vocab_known=False)
         if self.main:
+            self.lock = lock_run(self.out)  # before preflight: --overwrite deletes what another run writes
             preflight(self.out, resuming=bool(cfg.resume), overwrite=cfg.overwrite)
         if self.world > 1 and not self.main:
             dist.barrier()  # rank 0 builds the token cache first; the others then read it
@@ -238,7 +273,9 @@ class Trainer:
         self.rows = batching.shard(batching.streams(data.train, cfg.batch_size), self.rank, self.world)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.model = LanguageModel(cfg.model_config(self.tokenizer)).to(self.device)
+        model_config = cfg.model_config(self.tokenizer)
+        check_model_fits(model_config, cfg.optim.optimizer)
+        self.model = LanguageModel(model_config).to(self.device)
         if cfg.model.vectors and not cfg.resume:  # a resumed run has its trained embeddings
             self._load_vectors()
         self.net = self.model
@@ -290,9 +327,7 @@ class Trainer:
     def _resume(self, run_dir: Path) -> None:
         latest = checkpoint.resumable(run_dir)
         model, tokenizer, _ = checkpoint.load(latest, self.device)
-        same_vocab = (getattr(tokenizer, "itos", None) == getattr(self.tokenizer, "itos", None)
-                      and getattr(tokenizer, "model_proto", None) == getattr(self.tokenizer, "model_proto", None))
-        if not same_vocab:
+        if fingerprint(tokenizer) != fingerprint(self.tokenizer):  # the ids would mean other tokens
             raise checkpoint.CheckpointError(
                 f"{latest}: its vocabulary is not the one this corpus and these tokenizer settings give; "
                 f"resume with the run's own --corpus and tokenizer settings")
@@ -314,6 +349,8 @@ class Trainer:
             self.state = (st["h"].to(self.device), st["c"].to(self.device))
         self.best, self.best_saved, self.bad_evals = st["best"], st["best_saved"], st["bad_evals"]
         self.history = json.loads(st["history"])
+        if self.main:
+            self._rewrite_log()
         self.tokens_seen, self.train_seconds = st["tokens_seen"], st["train_seconds"]
         torch.set_rng_state(st["torch_rng"])
         if st.get("cuda_rng") and torch.cuda.is_available():
@@ -356,16 +393,56 @@ class Trainer:
                 self.save("best", with_trainer=False)
             self.save("latest")
 
-    def log(self, record: dict) -> None:
-        if not self.main:
+    # The log never runs ahead of the checkpoint a run resumes from: an evaluation's record
+    # joins `history` (saved in latest/'s trainer state), latest/ is saved, and only then is
+    # the line appended to log.jsonl and TensorBoard. A resumed run rewrites both from the
+    # history it resumed, dropping what a killed run wrote past it and mending a line the
+    # kill cut short or never wrote.
+
+    def _rewrite_log(self) -> None:
+        """log.jsonl as the resumed checkpoint's history says, swapped in atomically."""
+        path = self.out / "log.jsonl"
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(record) + "\n" for record in self.history)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _open_writer(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # TensorBoard not installed: log.jsonl only
             return
-        self.history.append(record)
-        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        directory = self.out / "tensorboard"
+        # Resumed: the history goes into a new event file, then the old files go (a kill in
+        # between leaves both, and the next resume mends that too). TensorBoard's own
+        # purge_step cannot do it: it orders event files by name, and two files written in
+        # one second are in the order of their PIDs, not of their runs.
+        stale = sorted(directory.glob("events.out.tfevents.*")) if self.cfg.resume else []
+        self.writer = SummaryWriter(str(directory))
+        if self.cfg.resume:
+            for record in self.history:
+                self._write_scalars(record, flush=False)
+            self.writer.flush()
+            for f in stale:
+                f.unlink(missing_ok=True)
+
+    def _write_scalars(self, record: dict, flush: bool = True) -> None:
         if self.writer is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self.writer.add_scalar(k, v, record["step"])
+            if flush:
+                self.writer.flush()
+
+    def log(self, record: dict) -> None:
+        """After latest/ holds `record` in its history: one line in log.jsonl, and TensorBoard."""
+        if not self.main:
+            return
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self._write_scalars(record)
 
     # -- evaluation, and what follows from it --
 
@@ -393,20 +470,40 @@ class Trainer:
         elif opt.optimizer != "ntasgd" and opt.lr_schedule == "plateau":
             self.scheduler.step(valid_loss)
 
+    def already_done(self) -> str:
+        """Why a (resumed) run must train nothing at all, or "": every limit that stops a
+        run, checked before the first step as the loop checks it after each, so a run that
+        has already stopped says so instead of training one more step or interval."""
+        cfg = self.cfg
+        if self.epoch >= cfg.epochs:
+            return f"the run has already trained its --epochs {cfg.epochs}; resume with a larger --epochs to train on"
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return (f"the run has already reached --max-steps {cfg.max_steps} (step {self.step}); "
+                    f"resume with a larger one to train on")
+        if cfg.time_budget and self.train_seconds >= cfg.time_budget * 60:
+            return (f"the run has already trained its --time-budget {cfg.time_budget:g} min; "
+                    f"resume with a larger one to train on")
+        if self.stalled():
+            return (f"the run has already stopped early (valid did not improve for {self.bad_evals} evaluations, "
+                    f"--early-stop {cfg.early_stop}); resume with a larger --early-stop, or 0, to train on")
+        return ""
+
     def stalled(self) -> bool:
         """Early stopping: --early-stop evaluations without improvement (never while NT-ASGD averages)."""
         early_stop = self.cfg.early_stop
         return bool(early_stop and self.bad_evals >= early_stop and not self.averaging)
 
-    def report(self, valid: dict, new_best: bool) -> None:
-        """One log record and one printed line per evaluation."""
+    def report(self, valid: dict, new_best: bool) -> dict:
+        """One record in the history (written to the log after the checkpoint) and one
+        printed line per evaluation."""
         lr = self.optimizer.param_groups[0]["lr"]
         record = {"step": self.step, "epoch": self.epoch + 1, "tokens": self.tokens_seen, "seconds": round(self.train_seconds, 1),
                   "train_loss": self._recent_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"], "lr": lr}
-        self.log(record)
         if self.main:
+            self.history.append(record)
             tqdm.write(f"step {self.step:6d} | epoch {self.epoch + 1} | train loss {self._recent_loss:.3f} | "
                        f"valid ppl {valid['ppl']:8.2f}{' *' if new_best else ''} | lr {lr:.2e}")
+        return record
 
     def evaluation(self, final: bool = False) -> None:
         """Validate, let the schedule react, log, checkpoint.
@@ -420,8 +517,9 @@ class Trainer:
             self.best_saved = valid["loss"]
         if not final:
             self.react(valid["loss"])
-        self.report(valid, new_best)
+        record = self.report(valid, new_best)
         self.save_checkpoints(new_best)
+        self.log(record)
 
     # -- the loop --
 
@@ -447,11 +545,7 @@ class Trainer:
         self.writer = None
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(self.out / "tensorboard"))
-            except Exception:
-                pass
+            self._open_writer()
         old_int = signal.signal(signal.SIGINT, self._handle_signal)
         old_term = signal.signal(signal.SIGTERM, self._handle_signal)
         try:
@@ -461,6 +555,7 @@ class Trainer:
             signal.signal(signal.SIGTERM, old_term)
             if self.writer is not None:
                 self.writer.close()
+            self.close()
 
     def _run(self) -> dict:
         cfg = self.cfg
@@ -476,9 +571,7 @@ class Trainer:
         self._recent_loss = float("nan")
         loss_sum, loss_n = 0.0, 0
         start = (self.tokens_seen, self.step, self.train_seconds)  # for the speed shown
-        if cfg.time_budget and self.train_seconds >= cfg.time_budget * 60:
-            self.stop_reason = (f"the run has already trained its --time-budget {cfg.time_budget:g} min; "
-                                f"resume with a larger one to train on")
+        self.stop_reason = self.stop_reason or self.already_done()
         while not self.stop_reason:
             if self.pos >= self.rows.shape[1] - 1:  # no target left: epoch done, reset position and state
                 self.epoch, self.pos, self.state = self.epoch + 1, 0, None
@@ -598,6 +691,22 @@ class Trainer:
         return summary
 
 
+class _SmallestVocabulary:
+    """Stands in for a tokenizer before the corpus is read: the fewest ids any has."""
+
+    vocab_size, eos_id = 5, 3
+
+
+def lock_run(out: Path) -> checkpoint.RunLock:
+    """Hold --out for this process until the run ends: a second run into it, or a
+    --resume of it, is refused in one line naming this one's PID."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return checkpoint.RunLock(out).acquire()
+    except OSError as e:
+        raise ValueError(f"cannot write to --out {out}: {e.strerror or e}; choose a writable directory") from None
+
+
 def preflight(out: Path, resuming: bool = False, overwrite: bool = False) -> None:
     """Fail before training, not after an hour of it, when the output cannot be written or
     already holds another run."""
@@ -663,6 +772,7 @@ def _main(cfg: TrainConfig) -> int:
     if distributed:
         backend = "nccl" if torch.cuda.is_available() and cfg.device in ("auto", "cuda") else "gloo"
         dist.init_process_group(backend)
+    trainer = None
     try:
         trainer = Trainer(cfg)
         trainer.setup()
@@ -671,6 +781,8 @@ def _main(cfg: TrainConfig) -> int:
             return cli.INTERRUPTED  # a resumable checkpoint was saved; the run is not done
         return cli.OK if summary else cli.FAILED
     finally:
+        if trainer is not None:
+            trainer.close()
         if distributed:
             dist.destroy_process_group()
 

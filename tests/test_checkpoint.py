@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 
 import pytest
@@ -117,3 +118,174 @@ def test_resumable_is_latest_or_what_a_crash_mid_save_left_of_it(tmp_path):
     (tmp_path / "run" / "latest").rename(tmp_path / "run" / "latest.old")  # killed between the two renames
     assert ckpt.resumable(tmp_path / "run") == tmp_path / "run" / "latest.old"
     assert ckpt.model_dir(tmp_path / "run") == tmp_path / "run" / "best"
+
+
+# --- the tokenizer belongs to the weights: its fingerprint is in config.json --------------
+
+
+def _swapped_vocabulary(d):
+    """Another run's tokenizer with as many tokens: two words trade ids."""
+    other = json.loads((d / "tokenizer.json").read_text())
+    other["vocab"][4], other["vocab"][5] = other["vocab"][5], other["vocab"][4]
+    (d / "tokenizer.json").write_text(json.dumps(other, ensure_ascii=False))
+
+
+def _other_normalization(d):
+    other = json.loads((d / "tokenizer.json").read_text())
+    other["config"]["normalize"]["teh_marbuta"] = False
+    (d / "tokenizer.json").write_text(json.dumps(other, ensure_ascii=False))
+
+
+@pytest.mark.parametrize("swap", [_swapped_vocabulary, _other_normalization])
+def test_a_tokenizer_from_another_run_of_the_same_size_is_refused_naming_both_files(tmp_path, swap):
+    import arlm
+
+    m, tok = _model_and_tokenizer()
+    d = save(tmp_path / "m", m, tok)
+    assert json.loads((d / "config.json").read_text())["tokenizer_fingerprint"].startswith("sha256:")
+    swap(d)
+    assert load_tokenizer_size(d) == m.config.vocab_size  # the size check alone would let it through
+    for loader in (load, arlm.load):
+        with pytest.raises(CheckpointError) as e:
+            loader(d)
+        message = str(e.value)
+        assert "\n" not in message and str(d / "tokenizer.json") in message and str(d / "config.json") in message
+        assert "belongs to another run" in message
+
+
+def load_tokenizer_size(d) -> int:
+    from arlm.tokenizer import load_tokenizer
+
+    return load_tokenizer(d).vocab_size
+
+
+def test_the_fingerprint_is_of_what_decides_the_ids():
+    from arlm.normalize import NormalizeConfig
+    from arlm.tokenizer import fingerprint
+
+    _, tok = _model_and_tokenizer()
+    same = WordTokenizer(list(tok.itos), TokenizerConfig(min_freq=1, vocab_size=7))  # build settings, no counts
+    assert fingerprint(same) == fingerprint(tok)
+    assert fingerprint(WordTokenizer(list(tok.itos), TokenizerConfig(split_digits=False))) != fingerprint(tok)
+    other = WordTokenizer(list(tok.itos), TokenizerConfig(normalize=NormalizeConfig(latin="lower")))
+    assert fingerprint(other) != fingerprint(tok)
+
+
+def test_a_checkpoint_saved_before_fingerprints_still_loads(tmp_path):
+    m, tok = _model_and_tokenizer()
+    d = save(tmp_path / "m", m, tok)
+    config = json.loads((d / "config.json").read_text())
+    del config["tokenizer_fingerprint"]
+    (d / "config.json").write_text(json.dumps(config))
+    assert load(d)[1].itos == tok.itos
+
+
+# --- sizes weighed before anything is built --------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # a tail cluster 0 wide: counted too
+@pytest.mark.parametrize("spec", [
+    dict(softmax="full", tie_weights=True), dict(softmax="full", tie_weights=False, hidden_size=12),
+    dict(softmax="adaptive", cutoffs=[6, 10], tie_weights=True, hidden_size=12, num_layers=3),
+    dict(softmax="adaptive", cutoffs=[6, 10], tie_weights=False, adaptive_div=3.0),
+    dict(softmax="adaptive", cutoffs=[100], tie_weights=True),  # a cutoff past the vocabulary: full softmax
+])
+def test_parameter_count_is_the_built_models(spec):
+    config = ModelConfig(vocab_size=17, emb_size=8, **{"hidden_size": 8, **spec})
+    assert config.parameter_count() == LanguageModel(config).num_parameters()
+
+
+def test_a_config_json_asking_for_more_memory_than_there_is_is_refused_with_the_number(tmp_path):
+    import arlm
+
+    m, tok = _model_and_tokenizer()
+    d = save(tmp_path / "m", m, tok)
+    config = json.loads((d / "config.json").read_text())
+    config["model"]["hidden_size"] = 10**12
+    (d / "config.json").write_text(json.dumps(config))
+    n = ModelConfig(**config["model"]).parameter_count()
+    for loader in (load, arlm.load):
+        with pytest.raises(CheckpointError) as e:
+            loader(d)
+        message = str(e.value)
+        assert message.startswith(f"{d / 'config.json'}: describes a model of {n:,} parameters (")
+        assert "more than this machine's" in message and "GiB of memory" in message and "\n" not in message
+
+
+# --- what a path and a device must be -----------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [None, 42, ["runs/x"]])
+def test_a_path_that_is_not_a_path_is_one_line_saying_what_is_expected(bad):
+    import arlm
+
+    for loader in (load, arlm.load, ckpt.model_dir):
+        with pytest.raises(TypeError) as e:
+            loader(bad)
+        assert str(e.value) == ("expected a checkpoint path (a str or os.PathLike naming a model or run directory), "
+                                f"got {type(bad).__name__}")
+
+
+def test_an_empty_path_is_refused_rather_than_read_as_the_current_directory():
+    with pytest.raises(CheckpointError, match="the checkpoint path is empty"):
+        load("  ")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_a_device_this_machine_lacks_is_one_line(tmp_path):
+    m, tok = _model_and_tokenizer()
+    d = save(tmp_path / "m", m, tok)
+    with pytest.raises(CheckpointError, match=r"^device mps requested but no MPS device \(Apple GPU\) is available; use cpu$"):
+        load(d, "mps")
+
+
+# --- temporary folders are per process, and a run directory has one trainer ----------------
+
+
+def test_temporary_folders_are_per_process_and_a_dead_ones_is_cleared(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    m, tok = _model_and_tokenizer()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"latest.tmp-{int(dead.stdout)}"  # what a process killed mid-save left
+    live = tmp_path / f"latest.tmp-{os.getppid()}"  # another process, alive, saving now
+    for d in (stale, live):
+        d.mkdir()
+    save(tmp_path / "latest", m, tok)
+    assert not stale.exists() and live.exists()
+
+    def disk_full(model, filename):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_save_weights", disk_full)
+    with pytest.raises(OSError):
+        save(tmp_path / "latest", m, tok)
+    assert (tmp_path / f"latest.tmp-{os.getpid()}").is_dir()  # this process's own name
+    assert load(tmp_path / "latest")[0] is not None
+
+
+def test_a_run_directory_is_locked_while_held_and_free_once_its_holder_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from arlm.checkpoint import RunLock; "
+                               f"lock = RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert ckpt.RunLock.holder(tmp_path) == holder.pid
+        with pytest.raises(ckpt.RunInUse) as e:
+            ckpt.RunLock(tmp_path).acquire()
+        assert str(e.value) == (f"{tmp_path}: in use by another training run (PID {holder.pid}); "
+                                "wait for it to finish, or choose another directory")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.05)
+    assert ckpt.RunLock.holder(tmp_path) is None  # no stale lock after kill -9
+    with ckpt.RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())

@@ -7,6 +7,7 @@ import pytest
 
 import arlm.corpus as corpus
 from arlm.corpus import CorpusError, documents, prepare, resolve
+from arlm.normalize import normalize
 from arlm.tokenizer import TokenizerConfig
 from conftest import arabic_documents
 
@@ -170,6 +171,14 @@ def test_prepare_sentencepiece(tmp_path, text_corpus):
     p = prepare(str(text_corpus), TokenizerConfig(kind="sentencepiece", vocab_size=400), workers=2, verbose=False)
     assert 256 < p.tokenizer.vocab_size <= 400 and p.train.max() < p.tokenizer.vocab_size  # a soft limit on tiny corpora
     assert p.tokenizer.decode(p.train[:40]).startswith(p.tokenizer.decode(p.train[:10]))
+    # ids renumbered by frequency in train, so `--softmax auto` gives subwords the adaptive softmax
+    assert p.tokenizer.frequency_ordered
+    counts = np.bincount(np.asarray(p.train), minlength=p.tokenizer.vocab_size)[4:]
+    assert (np.diff(counts) <= 0).all() and counts[0] > 0
+    docs = documents(resolve(str(text_corpus)))
+    again = prepare(str(text_corpus), TokenizerConfig(kind="sentencepiece", vocab_size=400), workers=1, verbose=False)
+    assert again.tokenizer.order == p.tokenizer.order  # the cached tokenizer carries its order
+    assert p.tokenizer.decode(p.valid[: len(p.tokenizer.encode(docs["valid"][0]))]) == normalize(docs["valid"][0])
 
 
 # --- cards of the wrong shape: one line naming the card and the key ---------------------

@@ -51,10 +51,52 @@ def test_arabic_is_shaped_by_whoever_does_not(monkeypatch):
     assert shaped[-1] == "\ufed7"  # qaf in its initial (joined) form, drawn last: right to left
 
 
-def test_missing_arabic_font_warns(monkeypatch):
+def _system_fonts_are(monkeypatch, folder, cache_dir):
+    """matplotlib's view of the system: the fonts in `folder` only (as if it were the
+    system's font folder), and its font-list cache in `cache_dir`."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    real = font_manager.findSystemFonts
+    monkeypatch.setattr(font_manager, "findSystemFonts",
+                        lambda fontpaths=None, fontext="ttf": real([str(folder)] if fontpaths is None else fontpaths, fontext))
+    monkeypatch.setattr(matplotlib, "get_cachedir", lambda: str(cache_dir))
+
+
+def test_missing_arabic_font_warns(monkeypatch, tmp_path):
     from matplotlib import font_manager
 
     monkeypatch.setattr(font_manager.fontManager, "ttflist",
                         [f for f in font_manager.fontManager.ttflist if "arabic" not in f.name.lower()])
+    _system_fonts_are(monkeypatch, tmp_path, tmp_path)  # and none on the system either: the rescan finds nothing
     with pytest.warns(UserWarning, match="no font with Arabic glyphs"):
         assert report.arabic_font.__wrapped__() is None
+
+
+def test_an_arabic_font_installed_after_the_font_cache_was_built_is_found(monkeypatch, tmp_path):
+    import shutil
+    import warnings
+    from pathlib import Path
+
+    from matplotlib import font_manager
+    from matplotlib.font_manager import FontProperties
+
+    installed = {f.name: f.fname for f in font_manager.fontManager.ttflist if "arabic" in f.name.lower()}
+    assert installed, "no Arabic font on this machine to install (apt-get install -y fonts-noto-core)"
+    name = "Noto Sans Arabic" if "Noto Sans Arabic" in installed else sorted(installed)[0]
+    fonts, cache = tmp_path / "fonts", tmp_path / "cache"
+    fonts.mkdir()
+    cache.mkdir()
+    _system_fonts_are(monkeypatch, fonts, cache)
+    stale = font_manager.FontManager()  # the font list as built before the Arabic font was installed
+    assert not any("arabic" in f.name.lower() for f in stale.ttflist)
+    monkeypatch.setattr(font_manager, "fontManager", stale)
+    copy = fonts / Path(installed[name]).name
+    shutil.copy(installed[name], copy)  # now it is installed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no font with Arabic glyphs" warning
+        assert plots.arabic_font.__wrapped__() == name
+    assert stale.findfont(FontProperties(family=name), fallback_to_default=False) == str(copy)
+    # ... and saved in matplotlib's cache, so the next process finds it without a rescan
+    saved = font_manager.json_load(cache / f"fontlist-v{font_manager.FontManager.__version__}.json")
+    assert name in {f.name for f in saved.ttflist}

@@ -314,3 +314,153 @@ def test_a_damaged_cache_in_a_read_only_folder_is_one_line(text_corpus, tmp_path
         f"token cache {d} is damaged (train.bin has 2,000 bytes (1,000 ids), meta.json records {n:,} ids "
         f"({2 * n:,} bytes)) and cannot be set aside (read-only file system); delete it, or set ARLM_CACHE "
         "to a writable folder with room")
+
+
+# --- kill -9 at the worst moments: the checkpoint, the log and the lock stay right ---------------
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from arlm import checkpoint  # noqa: E402
+from arlm.train import load_config  # noqa: E402
+
+TINY = ["--emb-size", "16", "--hidden-size", "24", "--num-layers", "2", "--batch-size", "4", "--bptt", "10",
+        "--vocab-size", "200", "--min-freq", "1", "--cutoffs", "20,60", "--eval-interval", "10", "--log-interval", "5",
+        "--time-budget", "0", "--workers", "1", "--threads", "1", "--max-steps", "50"]
+
+# A training process that kills itself (SIGKILL: no handler, no cleanup) at one moment:
+#   weights STEP  while writing latest/'s weights at step STEP (the temporary folder half written)
+#   rename STEP   between the two renames that swap latest/ in (only latest.old on disk)
+#   log STEP      after latest/ is saved at STEP, before its log line is written
+#   slow          never; each step takes 20 ms, so that the test can kill it from outside
+KILLER = r"""
+import os, signal, sys, time, types
+from arlm import batching, checkpoint, train
+where, at = os.environ["KILL_WHERE"], int(os.environ.get("KILL_AT", "0"))
+saving = {}
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+real_save = train.Trainer.save
+def save(self, which, with_trainer=True):
+    saving.update(step=self.step, which=which)
+    return real_save(self, which, with_trainer)
+train.Trainer.save = save
+now = lambda: saving.get("which") == "latest" and saving.get("step") == at
+if where == "weights":
+    real_weights = checkpoint._save_weights
+    def weights(model, filename):
+        if now():
+            open(filename, "wb").write(b"half")
+            die()
+        return real_weights(model, filename)
+    checkpoint._save_weights = weights
+elif where == "rename":
+    def replace(src, dst):
+        os.replace(src, dst)
+        if now() and str(dst).endswith("latest.old"):
+            die()
+    checkpoint.os = types.SimpleNamespace(**{**vars(os), "replace": replace})
+elif where == "log":
+    real_log = train.Trainer.log
+    def log(self, record):
+        if record["step"] == at:
+            die()
+        return real_log(self, record)
+    train.Trainer.log = log
+elif where == "slow":
+    real_window = batching.window
+    def window(*a, **k):
+        time.sleep(0.02)
+        return real_window(*a, **k)
+    batching.window = window
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def _train(args, where, at=0):
+    env = dict(os.environ, KILL_WHERE=where, KILL_AT=str(at))
+    return subprocess.Popen([sys.executable, "-c", KILLER, *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _killed(proc) -> None:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] if (out / "log.jsonl").exists() else []
+
+
+def _consistent(out: Path, reference: list[dict]) -> int:
+    """After a kill: the checkpoint a resume would use loads, and log.jsonl has each step
+    once, none past that checkpoint, each the uninterrupted run's. Its step."""
+    latest = checkpoint.resumable(out)
+    checkpoint.load(latest)
+    state = checkpoint.load_trainer_state(latest)
+    steps = [r["step"] for r in _log(out)]
+    assert steps == sorted(set(steps)) and all(s <= state["step"] for s in steps), (steps, state["step"])
+    by_step = {r["step"]: r for r in reference}
+    assert [r["valid_ppl"] for r in _log(out)] == [by_step[s]["valid_ppl"] for s in steps]
+    assert checkpoint.RunLock.holder(out) is None  # the kill took the lock with it
+    return state["step"]
+
+
+def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_run(text_corpus, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from arlm.train import main
+
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    assert main(["--corpus", str(text_corpus), "--out", str(reference), *TINY]) == 0
+    want = _log(reference)
+    assert [r["step"] for r in want] == [10, 20, 30, 40, 50]
+    start = ["--corpus", str(text_corpus), "--out", str(out), *TINY]
+
+    # 1. Killed while writing its first checkpoint: nothing to resume, and --resume says so.
+    _killed(_train(start, "weights", 10))
+    assert not (out / "latest").exists() and _log(out) == []
+    with pytest.raises(SystemExit):
+        load_config(["--resume", str(out)])
+    assert (f"--resume: {out}: the run has no checkpoint yet (it stopped before its first latest/ was saved); "
+            f"start it again without --resume with --overwrite true") in capsys.readouterr().err  # best/ was saved
+
+    # 2. Started again; killed between the renames of its second checkpoint: the first one,
+    #    moved aside to latest.old, is what a resume continues from.
+    _killed(_train([*start, "--overwrite", "true"], "rename", 20))
+    assert not (out / "latest").exists() and (out / "latest.old").is_dir()
+    assert _consistent(out, want) == 10 and [r["step"] for r in _log(out)] == [10]
+
+    # 3. Resumed; killed after saving step 30, before logging it.
+    _killed(_train(["--resume", str(out)], "log", 30))
+    assert _consistent(out, want) == 30 and [r["step"] for r in _log(out)] == [10, 20]
+
+    # 4. Resumed; killed from outside at some moment after step 40 was logged.
+    proc = _train(["--resume", str(out)], "slow")
+    deadline = time.time() + 120
+    while 40 not in [r["step"] for r in _log(out)]:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.02)
+    time.sleep(0.1)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _consistent(out, want) >= 40
+
+    # 5. Resumed to the end: each step logged once, the same numbers and weights as never stopping.
+    assert main(["--resume", str(out)]) == 0
+    got = _log(out)
+    assert [r["step"] for r in got] == [10, 20, 30, 40, 50]
+    assert [r["valid_ppl"] for r in got] == [r["valid_ppl"] for r in want]
+    a, b = load_file(str(reference / "latest" / "model.safetensors")), load_file(str(out / "latest" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("valid_ppl")] == [10, 20, 30, 40, 50]  # TensorBoard agrees too
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # the dead processes' temporaries are gone

@@ -75,6 +75,34 @@ def test_sentencepiece_exact_round_trip_and_save_load(tmp_path):
         assert back.encode(docs[0]) == tok.encode(docs[0])
 
 
+def test_sentencepiece_frequency_order_renumbers_ids_and_round_trips(tmp_path):
+    from collections import Counter
+
+    docs = hadith_texts(300)
+    tok, _ = SentencePieceTokenizer.train(docs, TokenizerConfig(kind="sentencepiece", vocab_size=500))
+    counts = Counter(i for d in docs for i in tok.encode_sp(d))
+    ordered = tok.with_frequency_order([counts.get(i, 0) for i in range(tok.vocab_size)])
+    assert ordered.frequency_ordered and not tok.frequency_ordered
+    freq = Counter(i for d in docs for i in ordered.encode(d))
+    ranked = [freq.get(i, 0) for i in range(4, ordered.vocab_size)]
+    assert ranked == sorted(ranked, reverse=True)  # id 4 is the most frequent piece, and so on
+    assert freq[4] == max(counts.values())
+    for doc in docs[:30]:
+        ids = ordered.encode(doc)
+        assert ordered.decode(ids) == tok.decode(tok.encode(doc)) == normalize(doc)
+        assert [ordered.id_to_token(i) for i in ids] == tok.tokenize(doc)
+        assert [ordered.token_to_id(t) for t in tok.tokenize(doc)] == ids
+    assert [ordered.id_to_token(i) for i in range(4)] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    ordered.save(tmp_path)
+    back = load_tokenizer(tmp_path)
+    assert back.order == ordered.order and back.encode(docs[0]) == ordered.encode(docs[0])
+    import pickle
+
+    assert pickle.loads(pickle.dumps(ordered)).encode(docs[1]) == ordered.encode(docs[1])  # worker processes
+    with pytest.raises(ValueError, match="permutation"):
+        SentencePieceTokenizer(tok.model_proto, tok.config, [1, 0] + list(range(2, tok.vocab_size)))
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         load_tokenizer(tmp_path)

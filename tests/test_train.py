@@ -318,10 +318,21 @@ def test_resume_refuses_other_model_sizes_and_other_vocabularies(text_corpus, tm
     assert "its vocabulary is not the one" in capsys.readouterr().err
 
 
-def test_softmax_auto_is_adaptive_for_words_and_full_for_subwords():
-    assert load_config([]).resolved_softmax == "adaptive"
-    assert load_config(["--tokenizer", "sentencepiece"]).resolved_softmax == "full"
-    assert load_config(["--tokenizer", "sentencepiece", "--softmax", "adaptive"]).resolved_softmax == "adaptive"
+def test_softmax_auto_is_adaptive_where_ids_are_frequency_ordered():
+    from conftest import arabic_documents
+
+    from arlm.tokenizer import SentencePieceTokenizer, TokenizerConfig, WordTokenizer, count_words
+
+    texts = arabic_documents(300)
+    word_cfg = TokenizerConfig(min_freq=1)
+    words, _ = WordTokenizer.from_counts(count_words(texts, word_cfg), word_cfg)
+    sp, _ = SentencePieceTokenizer.train(texts, TokenizerConfig(kind="sentencepiece", vocab_size=300))
+    ordered = sp.with_frequency_order([0] * sp.vocab_size)
+    assert load_config([]).softmax_for(words) == "adaptive"
+    assert load_config(["--tokenizer", "sentencepiece"]).softmax_for(ordered) == "adaptive"  # renumbered by the cache
+    assert load_config(["--tokenizer", "sentencepiece"]).softmax_for(sp) == "full"  # an older cache's ids
+    assert load_config(["--tokenizer", "sentencepiece", "--softmax", "adaptive"]).softmax_for(sp) == "adaptive"
+    assert load_config(["--softmax", "full"]).softmax_for(words) == "full"
 
 
 def test_plain_progress_lines_when_not_a_terminal(text_corpus, tmp_path, capsys):
@@ -359,3 +370,179 @@ def test_a_run_saved_before_the_new_options_existed_resumes(text_corpus, tmp_pat
     path.write_text(json.dumps(saved))
     assert main(["--resume", str(out), "--max-steps", "8"]) == 0
     assert checkpoint.load_trainer_state(out / "latest")["step"] == 8
+
+
+# --- refused up front, in one line ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("device, name", [("mps", "no MPS device (Apple GPU)"), ("cuda", "no CUDA device")])
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, capsys, device, name):
+    if checkpoint.device_problem(torch.device(device)) is None:
+        pytest.skip(f"this machine has {device}")
+    assert main(["--device", device, "--out", str(tmp_path / "o"), "--max-steps", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"error: --device {device}: {name} is available; use --device auto or cpu"
+
+
+@pytest.mark.parametrize("flag, value", [("--hidden-size", "100000000"), ("--emb-size", "2000000000")])
+def test_a_model_too_big_for_this_machine_is_refused_before_the_corpus_is_read(tmp_path, capsys, monkeypatch, flag, value):
+    from arlm import train
+
+    monkeypatch.setattr(train, "prepare", lambda *a, **k: pytest.fail("the corpus was read"))
+    assert main(["--out", str(tmp_path / "o"), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --emb-size ") and f"{flag} {value}" in err[0]
+    assert " parameters, about " in err[0] and "GiB to train" in err[0] and "more than this machine's" in err[0]
+    assert err[0].endswith("GiB of memory; choose smaller sizes")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_memory_check_weighs_the_real_vocabulary(text_corpus, tmp_path, capsys, monkeypatch):
+    from arlm import train
+
+    cfg = load_config(["--corpus", str(text_corpus), *TINY])
+    smallest = cfg.model_config(train._SmallestVocabulary()).parameter_count()
+    # memory for the smallest vocabulary's model (the check before the corpus), not for this corpus's
+    monkeypatch.setattr(checkpoint, "physical_memory", lambda: 16 * smallest + 64)
+    assert run(text_corpus, tmp_path / "o", "--max-steps", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: --emb-size 16, --hidden-size 24 and --num-layers 2 with a vocabulary of ")
+    assert not (tmp_path / "o" / "latest").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--lr", "nan"), ("--clip", "nan"), ("--time-budget", "nan"),
+                                         ("--time-budget", "inf"), ("--weight-decay", "-inf"), ("--lr-factor", "nan")])
+def test_non_finite_numbers_on_the_command_line_are_refused_naming_the_flag(capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main([f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{flag} must be a finite number (got {float(value)})" in err
+    assert "Invalid learning rate" not in err and "Traceback" not in err
+
+
+def test_non_finite_numbers_in_a_config_file_or_a_resumed_run_are_refused_naming_the_flag(text_corpus, tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("lr = nan\n[optim]\nclip = inf\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(toml)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--lr must be a finite number (got nan); --clip must be a finite number (got inf)" in err
+    out = tmp_path / "r"
+    assert run(text_corpus, out, "--max-steps", "2") == 0
+    path = out / "latest" / "config.json"
+    saved = json.loads(path.read_text())
+    saved["run"]["lr"] = float("nan")  # json writes NaN
+    path.write_text(json.dumps(saved))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--resume", str(out), "--max-steps", "4"])
+    err = capsys.readouterr().err
+    assert "--lr must be a finite number (got nan)" in err and "Invalid learning rate" not in err
+
+
+# --- a run that has stopped stays stopped ----------------------------------------------------
+
+
+def _log_steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_run_that_stopped_early_resumed_trains_nothing_and_says_so(text_corpus, tmp_path, capsys):
+    out = tmp_path / "es"
+    assert run(text_corpus, out, "--lr", "1e-9", "--eval-interval", "2", "--early-stop", "2", "--max-steps", "200") == 0
+    steps = json.loads((out / "summary.json").read_text())["steps"]
+    log = (out / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["--resume", str(out)]) == 0
+    assert "the run has already stopped early (valid did not improve for 2 evaluations, --early-stop 2); " \
+           "resume with a larger --early-stop, or 0, to train on." in capsys.readouterr().out
+    assert checkpoint.load_trainer_state(out / "latest")["step"] == steps and (out / "log.jsonl").read_text() == log
+    assert main(["--resume", str(out), "--early-stop", "0", "--max-steps", str(steps + 2)]) == 0
+    assert checkpoint.load_trainer_state(out / "latest")["step"] == steps + 2
+
+
+def test_a_run_at_its_step_or_epoch_limit_resumed_trains_nothing(tmp_path, capsys):
+    from conftest import arabic_documents
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n".join(arabic_documents(200)) + "\n", encoding="utf-8")
+    out = tmp_path / "lim"
+    assert run(corpus, out, "--max-steps", "12") == 0
+    capsys.readouterr()
+    assert main(["--resume", str(out)]) == 0  # once, this trained one more step
+    assert "the run has already reached --max-steps 12 (step 12)" in capsys.readouterr().out
+    assert checkpoint.load_trainer_state(out / "latest")["step"] == 12 and _log_steps(out) == [10, 12]
+    epochs = tmp_path / "ep"
+    assert run(corpus, epochs, "--epochs", "1", "--eval-interval", "0") == 0
+    steps = checkpoint.load_trainer_state(epochs / "latest")["step"]
+    capsys.readouterr()
+    assert main(["--resume", str(epochs)]) == 0  # once, this trained a whole second epoch
+    assert "the run has already trained its --epochs 1" in capsys.readouterr().out
+    assert checkpoint.load_trainer_state(epochs / "latest")["step"] == steps
+
+
+# --- the log agrees with the checkpoint; TensorBoard with the log ----------------------------
+
+
+def test_a_resumed_run_drops_log_lines_past_its_checkpoint(text_corpus, tmp_path):
+    out = tmp_path / "log"
+    assert run(text_corpus, out, "--max-steps", "20") == 0
+    with open(out / "log.jsonl", "a") as f:  # a run killed after logging step 30, before saving it
+        f.write(json.dumps({"step": 30, "valid_ppl": 1.0}) + "\n" + '{"step": 40, "val')
+    assert main(["--resume", str(out), "--max-steps", "30"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30] and log[-1]["valid_ppl"] > 1.0
+    assert log == json.loads(checkpoint.load_trainer_state(out / "latest")["history"])
+
+
+def test_tensorboard_gets_the_scalars_of_log_jsonl_across_a_resume(text_corpus, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert run(text_corpus, out, "--max-steps", "20") == 0
+    assert main(["--resume", str(out), "--max-steps", "30"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    keys = sorted(k for k in log[0] if k != "step")
+    assert sorted(events.Tags()["scalars"]) == keys
+    for k in keys:
+        scalars = events.Scalars(k)
+        assert [e.step for e in scalars] == [r["step"] for r in log] == [10, 20, 30], k
+        assert [e.value for e in scalars] == pytest.approx([float(r[k]) for r in log], rel=1e-6), k
+
+
+# --- one run per directory --------------------------------------------------------------------
+
+# A training process whose steps take 50 ms: slow enough to be caught in the act.
+SLOW = ("import sys, time; from arlm import batching, train; real = batching.window; "
+        "batching.window = lambda *a, **k: (time.sleep(0.05), real(*a, **k))[1]; sys.exit(train.main(sys.argv[1:]))")
+
+
+def _wait_for(condition, proc, what: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended (status {proc.returncode}) before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_second_run_or_a_resume_into_a_directory_being_trained_is_refused_naming_its_pid(text_corpus, tmp_path, capsys):
+    out = tmp_path / "busy"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW, "--corpus", str(text_corpus), "--out", str(out), *TINY,
+                             "--max-steps", "100000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    in_use = f"{out}: in use by another training run (PID {proc.pid}); wait for it to finish, or choose another directory"
+    try:
+        lock = out / ".lock"
+        _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(proc.pid), proc, "the lock")
+        assert run(text_corpus, out, "--max-steps", "5", "--overwrite", "true") == 2  # and nothing deleted
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {in_use}"
+        _wait_for(lambda: (out / "latest" / "trainer.pt").exists(), proc, "the first checkpoint")
+        assert main(["--resume", str(out)]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {in_use}"
+        assert proc.poll() is None and (out / "latest" / "trainer.pt").exists()
+    finally:
+        proc.kill()  # SIGKILL: the system releases the lock
+        proc.wait()
+    state = checkpoint.load_trainer_state(checkpoint.resumable(out))
+    assert main(["--resume", str(out), "--max-steps", str(state["step"] + 1)]) == 0

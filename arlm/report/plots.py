@@ -19,18 +19,61 @@ from arlm.report.tables import visible
 
 @lru_cache(maxsize=None)
 def arabic_font() -> str | None:
-    """The family name of an installed font with Arabic glyphs, or None (with a warning)."""
+    """The family name of an installed font with Arabic glyphs, or None (with a warning).
+
+    matplotlib lists the fonts once and caches the list on disk, so a font installed after
+    that list was made is not in it. When the list has no Arabic font, the system's fonts
+    are looked at again once (`_rescan_fonts`) before giving up."""
+    name = _pick_arabic(_font_names())
+    if name is None and _rescan_fonts():
+        name = _pick_arabic(_font_names())
+    if name is None:
+        warnings.warn("no font with Arabic glyphs found; Arabic labels will show as boxes "
+                      "(install one, e.g. apt-get install fonts-noto-core)", stacklevel=2)
+    return name
+
+
+def _font_names() -> set[str]:
     from matplotlib import font_manager
 
-    names = sorted({f.name for f in font_manager.fontManager.ttflist if "arabic" in f.name.lower()})
+    return {f.name for f in font_manager.fontManager.ttflist}
+
+
+def _pick_arabic(names: set[str]) -> str | None:
+    arabic = sorted(n for n in names if "arabic" in n.lower())
     for preferred in ("Noto Sans Arabic", "Noto Naskh Arabic", "Noto Kufi Arabic"):
-        if preferred in names:
+        if preferred in arabic:
             return preferred
-    if names:
-        return names[0]
-    warnings.warn("no font with Arabic glyphs found; Arabic labels will show as boxes "
-                  "(install one, e.g. apt-get install fonts-noto-core)", stacklevel=2)
-    return None
+    return arabic[0] if arabic else None
+
+
+def _rescan_fonts() -> bool:
+    """Add to matplotlib's font list the system fonts it does not have (those installed
+    since its cache was built), and save the list to its cache so later processes see them
+    too. Whether any font was added."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    manager = font_manager.fontManager
+    fontconfig = getattr(font_manager, "_get_fontconfig_fonts", None)  # fc-list's answer, cached per process
+    if hasattr(fontconfig, "cache_clear"):
+        fontconfig.cache_clear()
+    known = {f.fname for f in manager.ttflist}
+    added = 0
+    for path in font_manager.findSystemFonts():
+        if path not in known:
+            try:
+                manager.addfont(path)  # clears matplotlib's lookup cache too
+                added += 1
+            except Exception:  # a broken font file: matplotlib's own scan skips those too
+                continue
+    if added:
+        try:
+            cache = Path(matplotlib.get_cachedir(), f"fontlist-v{font_manager.FontManager.__version__}.json")
+            font_manager.json_dump(manager, cache)
+        except Exception:  # an unwritable cache: this process has the fonts all the same
+            pass
+    return bool(added)
 
 
 @lru_cache(maxsize=None)
