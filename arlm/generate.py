@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from arlm import checkpoint, cli
+from arlm.complete import Completer, Suggestion, TypingSession
 from arlm.inference import WEIGHTS, FrozenModel
 from arlm.model import LanguageModel, State
 from arlm.tokenizer import BOS, EOS, PAD, UNK
@@ -230,6 +231,46 @@ class Predictor:
             top = log_probs.masked_fill(banned, -math.inf).topk(min(k, allowed))
             pairs = zip(top.indices.tolist(), top.values.tolist())
         return [(self._token(i), math.exp(v)) for i, v in pairs]
+
+    # --- completing the word being typed (arlm/complete.py) ---------------------------
+
+    @property
+    def completer(self) -> Completer:
+        """The prefix index (word models) or piece tables (subword models), built on first use."""
+        completer = self.__dict__.get("_completer")
+        if completer is None:  # two threads may both build it: the same thing, either wins
+            completer = self.__dict__["_completer"] = Completer(self)
+        return completer
+
+    def complete(self, text: str = "", k: int = 5, punctuation: bool = False, numbers: bool = False
+                 ) -> list[Suggestion]:
+        """The k most likely whole words for the word being typed at the end of `text`.
+
+        Mid-word, the typed part is a prefix, matched after the model's normalization (أ and
+        إ match ا, harakat and tatweel are ignored, as its NormalizeConfig says): the result
+        is the words that begin with it, ranked by P(word | the text before it). At a word
+        boundary (a space, punctuation, empty text) it is next-word prediction. Each
+        `Suggestion(word, probability, share)`: the model's probability, and its share of the
+        probability of all words that match. Punctuation and numbers only when asked;
+        special tokens never. A prefix no word has gives []. Subword models assemble words
+        from pieces (see arlm/complete.py)."""
+        check_k(k)
+        split = self.completer.split(text)
+        with torch.inference_mode():
+            log_probs, state = self._read(split.context)
+            return self._suggest(log_probs, state, split.prefix, k, punctuation, numbers)
+
+    def _suggest(self, log_probs: Tensor, state: State, prefix: str, k: int, punctuation: bool,
+                 numbers: bool) -> list[Suggestion]:
+        with torch.inference_mode():
+            if self.completer.subword:
+                return self.completer.from_pieces(log_probs, state, prefix, k, punctuation, numbers)
+            return self.completer.from_distribution(log_probs, prefix, k, punctuation, numbers)
+
+    def session(self, k: int = 5, punctuation: bool = False, numbers: bool = False) -> TypingSession:
+        """A typing session: `session.update(text)` gives `complete(text)`'s suggestions,
+        reading only what changed since the last update (see arlm/complete.py)."""
+        return TypingSession(self, k, punctuation, numbers)
 
     # --- sampling and greedy generation ------------------------------------------------
 
@@ -432,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  arlm-generate --checkpoint runs/hadith --prompt 'قال رسول الله' --temperature 0.8 "
                "--top-p 0.9 --num-samples 3 --seed 0\n"
                "  arlm-generate --checkpoint runs/hadith --prompt-file prompts.txt --beam-size 5\n"
-               "  arlm-generate --checkpoint runs/hadith --interactive --next-word 10",
+               "  arlm-generate --checkpoint runs/hadith --interactive --next-word 10\n"
+               "  arlm-generate --checkpoint runs/hadith --complete 'قال رسول ال'\n"
+               "  arlm-generate --checkpoint runs/hadith --interactive --complete",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
@@ -446,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--interactive", action="store_true",
                         help="read one prompt per line from stdin until EOF and answer each; an empty line "
                              "asks from the start of a document (default: off)")
+    parser.add_argument("--complete", nargs="?", const="", default=None, metavar="TEXT",
+                        help="suggest the word being typed at the end of TEXT (of each line with --interactive "
+                             "or --prompt-file): words beginning with the typed letters, or the next word after a "
+                             "space; --next-word K sets how many (default: 5). With --interactive on a terminal "
+                             "the suggestions follow every keystroke (default: off)")
+    parser.add_argument("--punctuation", action="store_true",
+                        help="--complete: suggest punctuation and numbers too (default: words only)")
     parser.add_argument("--next-word", type=int, metavar="K",
                         help="instead of generating, print a ranked table of the K most likely next words "
                              "with their probabilities (default: off)")
@@ -499,8 +549,24 @@ def _check_args(args: argparse.Namespace) -> None:
     check_device(args.device)
 
 
-def _answer(lm: Predictor, prompt: str, args: argparse.Namespace, out) -> None:
+def _print_suggestions(suggestions: list[Suggestion], out) -> None:
+    print(f"{'rank':>4}  {'probability':>11}  {'share':>6}  word", file=out)
+    for rank, s in enumerate(suggestions, 1):
+        print(f"{rank:>4}  {s.probability:>11.6f}  {s.share:>6.1%}  {s.word}", file=out)
+    if not suggestions:
+        print("   (no word begins with these letters)", file=out)
+
+
+def _answer(lm: Predictor, prompt: str, args: argparse.Namespace, out, session=None) -> None:
     """Print the answer to one prompt in the mode the arguments ask for."""
+    if args.complete is not None:
+        print(f"text: {prompt}" if prompt.strip() else "text: (empty: the start of a document)", file=out)
+        k, extra = args.next_word or 5, args.punctuation
+        suggestions = session.update(prompt) if session else lm.complete(prompt, k, extra, extra)
+        _print_suggestions(suggestions, out)
+        print(file=out)
+        out.flush()
+        return
     print(f"prompt: {prompt}" if prompt.strip() else "prompt: (empty: the start of a document)", file=out)
     if args.next_word is not None:
         print(f"{'rank':>4}  {'probability':>11}  token", file=out)
@@ -532,6 +598,45 @@ def _utf8(stream) -> None:
             pass
 
 
+def _type_live(lm: Predictor, args: argparse.Namespace) -> None:
+    """--interactive --complete on a terminal: suggestions under the line at every keystroke
+    (a typing session: a letter costs no LSTM step). Enter starts a new text, Ctrl-D ends."""
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    extra = args.punctuation
+    session, text = lm.session(args.next_word or 5, extra, extra), ""
+    out = sys.stdout
+    print("type; suggestions follow each keystroke. Tab takes the first, Enter a new line, Ctrl-D ends.", file=out)
+    try:
+        tty.setcbreak(fd)
+        while True:
+            suggestions = session.update(text)
+            shown = "  ".join(f"{s.word} ({s.share:.0%})" for s in suggestions) or "(no word begins with these letters)"
+            out.write(f"\r\033[J> {text}\n  {shown}\033[A\r\033[{len(text) + 2}C")
+            out.flush()
+            ch = sys.stdin.read(1)
+            if ch in ("", "\x04"):
+                break
+            if ch in ("\x7f", "\b"):
+                text = text[:-1]
+            elif ch == "\t" and suggestions:  # accept: replace the word being typed
+                cut = len(text)
+                while cut > 0 and not text[cut - 1].isspace() and text[cut - 1] not in lm.completer.splitters:
+                    cut -= 1
+                text = text[:cut] + suggestions[0].word + " "
+            elif ch in ("\n", "\r"):
+                out.write(f"\r\033[J> {text}\n")
+                text = ""
+            elif ch.isprintable():
+                text += ch
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        out.write("\r\033[J\n")
+
+
 def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     prompts = None
@@ -539,13 +644,18 @@ def _run(args: argparse.Namespace) -> int:
         with open(args.prompt_file, encoding="utf-8") as f:
             prompts = [line.strip() for line in f if line.strip()]
     elif not args.interactive:
-        prompts = [args.prompt]
+        prompts = [args.complete if args.complete else args.prompt]
     lm = load(args.checkpoint, args.device, args.weights)
     if args.interactive:
+        if args.complete is not None and sys.stdin.isatty() and sys.stdout.isatty():
+            _type_live(lm, args)
+            return 0
         if sys.stdin.isatty():
             print("one prompt per line; Ctrl-D to end", file=sys.stderr)
+        # Piped, with --complete: each line is the text as typed so far, read in one session.
+        session = lm.session(args.next_word or 5, args.punctuation, args.punctuation) if args.complete is not None else None
         for line in sys.stdin:
-            _answer(lm, line.strip(), args, sys.stdout)
+            _answer(lm, line.rstrip("\n") if session else line.strip(), args, sys.stdout, session)
     else:
         for prompt in prompts:
             _answer(lm, prompt, args, sys.stdout)

@@ -4,6 +4,7 @@
     python scripts/benchmark.py e2e             # training tokens/s at a 50k vocabulary vs word_language_model's setup
     python scripts/benchmark.py pipeline        # normalize+tokenize words/s on SaudiNewsNet, 1 core and all cores
     python scripts/benchmark.py inference --checkpoint runs/hadith
+    python scripts/benchmark.py autocomplete --checkpoint runs/hadith --subword runs/hadith-sp   # KSR, latency
     python scripts/benchmark.py quality --minutes 30 [-- arlm.train flags]   # SaudiNewsNet: arlm vs Kneser-Ney 3/5-gram
     python scripts/benchmark.py reference --minutes 30   # the word_language_model setup on the same tokens
     python scripts/benchmark.py memory          # peak RSS of training on 1x and 10x a corpus (memory-mapped)
@@ -317,6 +318,174 @@ def bench_soak(args) -> dict:
     return {"rows": [row], "errors": 0, "identical": same == n}
 
 
+# --- 4b. autocomplete ---------------------------------------------------------------
+
+
+class _Typist:
+    """Suggestions for a text as typed, from one completer: an arlm model (a typing session),
+    or a distribution over the word model's vocabulary (Kneser-Ney, frequency) filtered by
+    the word model's prefix index."""
+
+    def __init__(self, name: str, lm=None, distribution=None, index=None, tokenizer=None):
+        self.name, self.lm, self.distribution, self.index, self.tokenizer = name, lm, distribution, index, tokenizer
+        self.session = lm.session(k=3) if lm is not None else None
+        self._cache: dict = {}
+
+    def reset(self) -> None:
+        if self.lm is not None:
+            self.session = self.lm.session(k=3)
+
+    def suggest(self, text: str) -> list[str]:
+        if self.session is not None:
+            return [s.word for s in self.session.update(text)]
+        split = self.index.split(text)
+        ids = tuple(self.tokenizer.encode(split.context))
+        log_probs = self._cache.get(ids)
+        if log_probs is None:
+            log_probs = self._cache[ids] = torch.from_numpy(np.log(self.distribution(list(ids)))).float()
+            if len(self._cache) > 64:
+                self._cache.pop(next(iter(self._cache)))
+        return [s.word for s in self.index.from_distribution(log_probs, split.prefix, 3)]
+
+
+def _simulate(typist: _Typist, docs: list[list[str]]) -> dict:
+    """Type each document word by word, letter by letter; a word is accepted (one keystroke)
+    as soon as it is among the top 3; spaces and punctuation are typed as usual."""
+    from arlm.complete import _kind
+
+    keys = chars = top1 = top3 = boundaries = 0
+    for words in docs:
+        typist.reset()
+        text = ""
+        for w in words:
+            cost = len(w)
+            if _kind(w) == "word":
+                for j in range(len(w)):
+                    got = typist.suggest(text + w[:j])
+                    if j == 0:
+                        boundaries += 1
+                        top1 += bool(got) and got[0] == w
+                        top3 += w in got
+                    if w in got:
+                        cost = j + 1
+                        break
+            keys += cost + 1  # the word (or its acceptance), then a space
+            chars += len(w) + 1
+            text += w + " "
+    return {"completer": typist.name, "KSR": 1 - keys / chars, "top-1": top1 / max(boundaries, 1),
+            "top-3": top3 / max(boundaries, 1), "characters": chars}
+
+
+def _word_level_nll(lm, text: str) -> tuple[list[float], list[bool]]:
+    """The NLL of each whitespace word of `text` (the sum over its tokens or pieces; the
+    closing <eos> is the last entry), and whether the word model reads it as <unk>."""
+    scored = lm.score(text)["tokens"]
+    subword = not hasattr(lm.tokenizer, "itos")
+    out, unk = [], []
+    if subword:
+        for piece, lp in scored:
+            if piece.startswith("\u2581") or piece == "<eos>" or not out:
+                out.append(0.0)
+                unk.append(False)
+            out[-1] -= lp
+        return out, unk
+    tokens = [t for t, _ in scored]
+    words = lm.tokenizer.tokenize(text)  # tokens of each whitespace word, in order
+    per_word = [lm.tokenizer.tokenize(w) for w in text.split()]
+    k = 0
+    for pieces in per_word:
+        n = len(pieces)
+        out.append(-sum(lp for _, lp in scored[k : k + n]))
+        unk.append(any(t == "<unk>" for t in tokens[k : k + n]))
+        k += n
+    out.append(-scored[-1][1])  # <eos>
+    unk.append(False)
+    assert k == len(words)
+    return out, unk
+
+
+def bench_autocomplete(args) -> dict:
+    """Keystroke savings, next-word accuracy, word-level perplexity and typing latency: arlm's
+    word model, its subword model, Kneser-Ney 5-gram and a frequency-only completer, on the
+    same test documents."""
+    import arlm
+    from arlm.corpus import documents, resolve
+    from arlm.ngram import KneserNey
+
+    torch.set_num_threads(1)
+    word = arlm.load(args.checkpoint)
+    corpus = word.config["run"]["corpus"]
+    splits = documents(resolve(corpus))
+    test_docs = splits["test"][: args.max_docs or 200]
+    typed = [word.tokenizer.tokenize(d) for d in test_docs]
+    typists = [_Typist("arlm word", word)]
+    sub = arlm.load(args.subword) if args.subword else None
+    if sub is not None:
+        typists.append(_Typist("arlm subword", sub))
+    # Kneser-Ney 5-gram and word frequencies, over the word model's vocabulary and train split
+    train_ids = np.concatenate([np.asarray(word.tokenizer.encode(d) + [word.tokenizer.eos_id]) for d in splits["train"]])
+    kn = KneserNey(5, word.vocab_size, word.tokenizer.eos_id).fit(train_ids)
+    counts = np.bincount(train_ids, minlength=word.vocab_size).astype(np.float64) + 1e-9
+    freq = counts / counts.sum()
+    index = word.completer
+    typists += [_Typist("Kneser-Ney 5-gram", distribution=lambda ids: kn.distribution([word.tokenizer.eos_id] + ids),
+                        index=index, tokenizer=word.tokenizer),
+                _Typist("frequency only", distribution=lambda ids: freq, index=index, tokenizer=word.tokenizer)]
+    rows = []
+    vocab_share = float(np.mean([t in word.tokenizer.stoi for doc in typed for t in doc]))
+    for typist in typists:
+        t = time.perf_counter()
+        row = _simulate(typist, typed)
+        row["suggestable words"] = 1.0 if typist.name == "arlm subword" else vocab_share
+        row["seconds"] = time.perf_counter() - t
+        rows.append(row)
+    print(table(rows, list(rows[0])))
+    # word-level perplexity: the same whitespace words for every tokenizer
+    ppl_rows = []
+    unk_mask = None
+    for name, lm in (("arlm word", word), ("arlm subword", sub)):
+        if lm is None:
+            continue
+        nll, unk = [], []
+        for d in test_docs:
+            n, u = _word_level_nll(lm, d)
+            nll += n
+            unk += u
+        if name == "arlm word":
+            unk_mask = np.array(unk)
+        nll = np.array(nll)
+        row = {"model": name, "words": len(nll), "word-level ppl": math.exp(nll.mean())}
+        if unk_mask is not None and len(unk_mask) == len(nll):
+            row["ppl on words not <unk>"] = math.exp(nll[~unk_mask].mean())
+            row["ppl on <unk> words"] = math.exp(nll[unk_mask].mean()) if unk_mask.any() else None
+            row["<unk> words"] = int(unk_mask.sum())
+        ppl_rows.append(row)
+    print(table(ppl_rows, list(ppl_rows[-1])))
+    # latency: int8 default model, one core, a typing session over sentences
+    fast = arlm.load(args.checkpoint, weights="int8")
+    session = fast.session(k=3)
+    per_key, per_word = [], []
+    for words in typed[: args.latency_docs]:
+        text = ""
+        session = fast.session(k=3)
+        for w in words:
+            for j in range(1, len(w) + 1):
+                t = time.perf_counter()
+                session.update(text + w[:j])
+                per_key.append(time.perf_counter() - t)
+            text += w + " "
+            t = time.perf_counter()
+            session.update(text)
+            per_word.append(time.perf_counter() - t)
+    lat = {"weights": "int8", "threads": 1, "keystrokes": len(per_key),
+           "keystroke p50 ms": 1000 * float(np.percentile(per_key, 50)),
+           "keystroke p99 ms": 1000 * float(np.percentile(per_key, 99)),
+           "finished word p50 ms": 1000 * float(np.percentile(per_word, 50)),
+           "finished word p99 ms": 1000 * float(np.percentile(per_word, 99))}
+    print(table([lat], list(lat)))
+    return {"rows": rows, "perplexity": ppl_rows, "latency": lat, "corpus": corpus, "test_docs": len(test_docs)}
+
+
 # --- 5. quality --------------------------------------------------------------------
 
 
@@ -500,7 +669,7 @@ def compare(args, argv: list[str]) -> int:
     runs: list[dict] = []
     for r in range(args.rounds):
         for name, root in codes.items():
-            folder = out / f"compare-{name}-{r}"
+            folder = (out / f"compare-{name}-{r}").resolve()  # the run works in its own checkout
             cmd = [sys.executable, str(root / "scripts" / "benchmark.py"), *rest, "--out", str(folder)]
             subprocess.run(cmd, check=True, cwd=root, stdout=subprocess.DEVNULL)
             result = json.loads((folder / f"{args.part}.json").read_text())
@@ -517,7 +686,8 @@ def compare(args, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "quality", "reference", "memory", "cache", "soak"])
+    p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "autocomplete", "quality", "reference", "memory",
+                                    "cache", "soak"])
     p.add_argument("--out", default="bench", help="folder for JSON results (default: bench)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (default: 10)")
@@ -535,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=30, help="quality/reference: training budget (default: 30)")
     p.add_argument("--eval-minutes", type=float, default=6, help="reference: minutes between validations (default: 6)")
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
+    p.add_argument("--subword", metavar="DIR", help="autocomplete: a sentencepiece checkpoint to compare (default: none)")
+    p.add_argument("--latency-docs", type=int, default=200, help="autocomplete: documents typed for latency (default: 200)")
     p.add_argument("--requests", type=int, default=1000, help="soak: requests (default: 1000)")
     p.add_argument("--megabytes", type=int, default=1024, help="cache: size of the text file (default: 1024)")
     p.add_argument("--compare", metavar="DIR", help="also run the part with the arlm checkout in DIR, alternating")
