@@ -11,16 +11,23 @@ from arlm.fast import build as kernel
 from arlm.model import StackedLSTM
 
 
-@pytest.fixture(params=["C window", "C step", "torch ops"])
+ISAS = kernel.available_isas()  # every build of the C step this CPU runs (avx512, avx2, generic on x86-64)
+
+
+@pytest.fixture(params=[*(f"C window/{isa}" for isa in ISAS), *(f"C step/{isa}" for isa in ISAS), "torch ops"])
 def path(request, monkeypatch):
     """Run a test on each implementation of the fast path: the whole window in one C call
     (where H is whole vectors and T·B >= 32), a Python time loop around the compiled C
-    step, and the torch-operations fallback (arlm/fast/)."""
-    compiled = request.param != "torch ops"
-    monkeypatch.setenv("ARLM_WINDOW", "1" if request.param == "C window" else "0")
-    kernel.set_enabled(compiled)
+    step, and the torch-operations fallback (arlm/fast/); the C paths in every build this
+    CPU runs (lanes of 16, 8 or 4 floats)."""
+    name, _, isa = request.param.partition("/")
+    compiled = name != "torch ops"
+    monkeypatch.setenv("ARLM_WINDOW", "1" if name == "C window" else "0")
+    kernel.set_enabled(compiled, isa=isa or None)
     if compiled:
-        assert kernel.load() is not None, "the C step did not build: is a C compiler installed?"
+        k = kernel.load()
+        assert k is not None, "the C step did not build: is a C compiler installed?"
+        assert k.isa == isa
     else:
         assert kernel.load() is None
     yield request.param
@@ -140,9 +147,9 @@ def test_reset_mask_equals_readable_steps_with_zeroed_state_and_gradients_match(
 @pytest.mark.parametrize("H", [260, 48])
 def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, threads, H):
     """The fast paths with document resets, against autograd through the readable step.
-    260 units end in a part vector (the C step's tail; no whole-window call); 48 are three
-    vectors of 16, which two threads split unevenly in the whole-window call. B * H is
-    large enough that the C step splits rows over threads when given two."""
+    260 units end in a part vector of 16 or 8 (the C step's tail; no whole-window call);
+    48 are three vectors of 16, which two threads split unevenly in the whole-window call.
+    B * H is large enough that the C step splits rows over threads when given two."""
     torch.manual_seed(6)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -161,10 +168,15 @@ def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, thr
             return [hs, h, c, *torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])]
 
         fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0), keep=keep)))
-        for a, b in zip(fast, grads(lambda: readable_run(cell, x, h0, c0, keep))):
+        if (threads, H) not in _READABLE:  # the same for every path: computed once
+            _READABLE[threads, H] = grads(lambda: readable_run(cell, x, h0, c0, keep))
+        for a, b in zip(fast, _READABLE[threads, H]):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
     finally:
         torch.set_num_threads(old)
+
+
+_READABLE: dict = {}  # (threads, H) → the readable step's outputs and gradients
 
 
 def test_c_step_propagates_nan():
@@ -206,3 +218,102 @@ def test_cpu_autocast_and_odd_inputs_never_reach_the_c_paths_wrongly():
         keep[1] = 0
         torch.testing.assert_close(cell.sequence(x, s, keep=keep)[0],
                                    readable_run(cell, x, *s, keep.expand(T, B, 1))[0], atol=1e-5, rtol=0)
+
+
+# --- one build per instruction set (arlm/fast/build.py) ---------------------------------
+
+
+def expected_lanes(isa: str) -> int:
+    """lstm_step.c's vector width in each build: one register of the ISA."""
+    if isa == "avx512" or (isa == "native" and "avx512f" in kernel.cpu_features()):
+        return 16
+    if isa == "generic" and kernel._is_x86_64():
+        return 4  # one SSE register
+    return 8
+
+
+def test_every_build_this_cpu_runs_loads_with_its_own_lanes_and_low_dtypes(monkeypatch):
+    monkeypatch.delenv("ARLM_ISA", raising=False)
+    assert ISAS and ISAS[-1] == "generic"  # the fallback runs on any CPU of the architecture
+    if kernel._is_x86_64():
+        assert set(ISAS) <= {"avx512", "avx2", "generic"}
+        flags = kernel.cpu_features()
+        assert ("avx512" in ISAS) == ({"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags)
+    paths = set()
+    for isa in ISAS:
+        k = kernel.load(isa)
+        assert k.isa == isa and k.lanes == expected_lanes(isa)
+        assert k.low == {"float16", "int8"}  # float16 in every build (F16C, _Float16 or bit arithmetic)
+        assert f"-{isa}-" in k.path and k.path.startswith(str(kernel._cache_dir()))
+        paths.add(k.path)
+    assert len(paths) == len(ISAS)
+    kernel.set_enabled(True)
+    try:
+        assert kernel.load().isa == ISAS[0]  # the best one, unless forced
+    finally:
+        monkeypatch.undo()
+        kernel.set_enabled(True)
+
+
+def test_arlm_isa_forces_a_build_and_a_wrong_one_is_refused(monkeypatch):
+    try:
+        for isa in ISAS:
+            monkeypatch.setenv("ARLM_ISA", isa)
+            kernel.set_enabled(True)
+            assert kernel.load().isa == isa
+        monkeypatch.setenv("ARLM_ISA", "no-such-isa")
+        kernel.set_enabled(True)
+        with pytest.warns(UserWarning, match="ARLM_ISA=no-such-isa ignored"):
+            assert kernel.load().isa == ISAS[0]
+        monkeypatch.delenv("ARLM_ISA")
+        with pytest.raises(ValueError, match="no-such-isa"):
+            kernel.load("no-such-isa")
+        with pytest.raises(ValueError, match="no-such-isa"):
+            kernel.set_enabled(True, isa="no-such-isa")
+    finally:
+        monkeypatch.undo()
+        kernel.set_enabled(True)
+
+
+def test_a_build_that_fails_to_compile_falls_back_to_the_next_with_a_warning(monkeypatch):
+    real = kernel.isas()
+    monkeypatch.delenv("ARLM_ISA", raising=False)
+    monkeypatch.setattr(kernel, "isas", lambda: {"broken": (["-mno-such-instruction-set"], set()), **real})
+    kernel.set_enabled(True)
+    try:
+        assert kernel.available_isas()[0] == "broken"
+        with pytest.warns(UserWarning, match="best build failed.*using " + ISAS[0]):
+            assert kernel.load().isa == ISAS[0]
+    finally:
+        monkeypatch.undo()
+        kernel.set_enabled(True)
+
+
+def test_python_m_build_names_the_isa_and_library(capsys):
+    assert kernel._main([]) == 0
+    out = capsys.readouterr().out
+    k = kernel.load()
+    assert f"in use: {k.isa}  lanes {k.lanes}" in out and k.path in out and "available: " + ", ".join(ISAS) in out
+
+
+def test_gpu_check_script_runs_its_cpu_smoke_mode(tmp_path, capsys):
+    """scripts/gpu_check.py, the one prepared GPU run, end to end with --device cpu --quick:
+    the torch-operations path (what CUDA runs) against the C paths, timing and generation."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    try:
+        out = tmp_path / "report.json"
+        assert gpu_check.main(["--device", "cpu", "--quick", "--steps", "4", "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["ok"] and len(report["checks"]) == 5 and all(c["ok"] for c in report["checks"])
+        assert report["throughput"][0]["ours_ms"] > 0 and report["generation"][0]["device_tok_s"] > 0
+        assert "ALL PASSED" in capsys.readouterr().out
+        assert kernel.load() is not None  # the C step is back on after the torch-ops side ran
+    finally:
+        kernel.set_enabled(True)

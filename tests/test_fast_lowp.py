@@ -4,8 +4,18 @@ against plain float32 arithmetic on the numbers they stand for."""
 import pytest
 import torch
 
-from arlm.fast import build
+from arlm.fast import build, torch_loop
 from arlm.fast.lowp import LowPrecision
+from arlm.fast.products import LayerWeights
+
+
+@pytest.fixture(params=build.available_isas())
+def isa(request):
+    """Each build of the C step this CPU runs (avx512, avx2, generic on x86-64)."""
+    build.set_enabled(True, isa=request.param)
+    assert build.load().isa == request.param
+    yield request.param
+    build.set_enabled(True)
 
 
 def dequantized(q: LowPrecision) -> torch.Tensor:
@@ -16,7 +26,7 @@ def dequantized(q: LowPrecision) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 @pytest.mark.parametrize("N,K", [(64, 48), (37, 19), (130, 200), (300, 16), (2000, 64)])
 @pytest.mark.parametrize("M", [1, 3, 4, 6])
-def test_products_equal_float32_on_the_stored_numbers(dtype, N, K, M):
+def test_products_equal_float32_on_the_stored_numbers(dtype, N, K, M, isa):
     torch.manual_seed(N * K + M)
     W = torch.randn(N, K)
     q = LowPrecision(W, dtype)
@@ -31,7 +41,7 @@ def test_products_equal_float32_on_the_stored_numbers(dtype, N, K, M):
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 @pytest.mark.parametrize("H,I", [(40, 24), (200, 72)])
-def test_a_column_range_of_the_fused_weight(dtype, H, I):
+def test_a_column_range_of_the_fused_weight(dtype, H, I, isa):
     torch.manual_seed(1)
     W = torch.randn(4 * H, H + I)
     q = LowPrecision(W, dtype, transposable=False)
@@ -45,3 +55,40 @@ def test_unknown_dtype_is_refused():
     assert build.supports("float32") and not build.supports("int4")
     with pytest.raises(ValueError, match="int4"):
         LowPrecision(torch.randn(4, 4), "int4")
+
+
+@pytest.mark.parametrize("transposable", [False, True])
+def test_float16_special_values_convert_exactly(transposable, isa):
+    """Zeros, subnormal halves, the largest half, infinities, NaN: every build converts them
+    as torch does (the generic x86-64 build by integer arithmetic), in vector lanes and in
+    the scalar tails: 38 rows and 21 columns are no whole number of vectors of 4, 8 or 16."""
+    torch.manual_seed(3)
+    specials = torch.tensor([0.0, -0.0, 6e-8, -3e-6, 6.0e-5, -65504.0, 1e-7, -2e-7, 5e-6, 65504.0])
+    W = torch.randn(38, 21)
+    W[0, :6], W[0, 16:] = specials[:6], specials[5:]
+    W[37, :6], W[37, 16:] = specials[:6], specials[5:]
+    q = LowPrecision(W, "float16", transposable)
+    assert q.transposed == transposable
+    # times the identity: each output is one stored number (x · 1 plus zeros: exact)
+    torch.testing.assert_close(q.matmul(torch.eye(21)), W.half().float().t(), atol=0, rtol=0)
+    W[1, 2], W[2, 19], W[36, 5], W[37, 20] = float("inf"), float("-inf"), float("nan"), float("-inf")
+    q = LowPrecision(W, "float16", transposable)
+    x = torch.rand(3, 21) + 0.5  # positive: an infinity stays one
+    torch.testing.assert_close(q.matmul(x), x @ W.half().float().t(), atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+@pytest.mark.parametrize("T,B,H,I", [(5, 3, 40, 24), (3, 2, 37, 11), (4, 1, 200, 72)])
+def test_a_low_precision_window_equals_float32_steps_on_the_stored_numbers(dtype, T, B, H, I, isa):
+    """lowp's whole window in C (a product and a step per time step) against the torch
+    reference path on the dequantized weight, document resets included."""
+    torch.manual_seed(T * H)
+    W, b = torch.randn(4 * H, H + I) / H ** 0.5, torch.randn(4 * H)
+    q = LowPrecision(W, dtype, transposable=False)
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
+    keep = torch.ones(T, B, 1)
+    keep[T // 2, 0] = 0
+    got = q.lstm_window(x, b, h0, c0, keep)
+    ref = torch_loop.forward(LayerWeights(dequantized(q), b, H), x, h0, c0, keep)
+    for a, r in zip(got, ref):  # gates, cs, tanh_cs, hs
+        torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-5)

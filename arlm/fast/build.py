@@ -2,9 +2,24 @@
 with tensors.
 
 The kernel is plain C99 with no torch headers, compiled with the system C compiler in well
-under a second and cached by source, compiler flags and CPU, so a second process loads it
-at once. Without a compiler (or with ARLM_KERNEL=0, or off CPU float32) the backend runs
-the same equations as torch operations (torch_loop.py): same results, slower.
+under a second. It is built once per instruction set ("ISA"), and a process loads the best
+one its CPU runs:
+
+    x86-64    avx512   AVX-512 F/BW/VL/DQ, AVX2, FMA, F16C      16 lanes
+              avx2     AVX2, FMA, F16C (x86-64-v3's vectors)    8 lanes
+              generic  -march=x86-64: SSE2, any x86-64 CPU      4 lanes (one SSE register)
+    others    native   -mcpu=native on ARM, else -march=native  8 lanes (NEON: two registers)
+              generic  the compiler's default target           8 lanes
+
+The CPU's features come from /proc/cpuinfo (sysctl on macOS); `available_isas()` lists what
+this CPU runs, best first. ARLM_ISA=avx512|avx2|generic|native forces one (as does
+`set_enabled(True, isa=...)`); `load(isa=...)` returns a given build without switching the
+process to it. Only the build a process uses is compiled, cached under ~/.cache/arlm/kernels
+(or $ARLM_CACHE/kernels) by source, compiler and flags (and by CPU for "native"), so a second
+process loads it at once. `python -m arlm.fast.build` says which build is in use.
+
+Without a compiler (or with ARLM_KERNEL=0, or off CPU float32) the backend runs the same
+equations as torch operations (torch_loop.py): same results, slower.
 
 `Kernel` wraps the loaded library: its methods take tensors (checked float32, contiguous,
 on the CPU) and pass their addresses, so no caller computes pointers by hand.
@@ -13,6 +28,7 @@ on the CPU) and pass their addresses, so no caller computes pointers by hand.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -20,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,38 +44,112 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("lstm_step.c")
-FLAGS = ["-O3", "-march=native", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp"]
+FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp"]  # every build's
 # -fopenmp links libgomp.so.1, the same soname torch's CPU build has already loaded, so
 # the step shares torch's OpenMP runtime. Where it is not available the step is built
 # single-threaded (the pragma is ignored).
 FALLBACK_FLAGS = [f for f in FLAGS if f != "-fopenmp"]
 LOW_DTYPES = {"float16": "f16", "int8": "i8"}  # inference weight types → the C functions' suffix
 
-_kernel: "Kernel | None | bool" = False  # False: not tried yet; None: unavailable
+# name: (the compiler flags beyond FLAGS, the CPU features it needs as /proc/cpuinfo names it),
+# best first. The x86-64 builds name their instructions rather than -march=native, so a
+# build is the same on every CPU and its cache entry can be shared.
+X86_64_ISAS = {
+    "avx512": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
+               {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx", "avx2", "fma", "f16c"}),
+    "avx2": (["-mavx2", "-mfma", "-mf16c"], {"avx", "avx2", "fma", "f16c"}),
+    "generic": (["-march=x86-64", "-mtune=generic"], set()),
+}
+# ARM and the rest: whatever this CPU has (-mcpu=native is ARM's and POWER's spelling, which
+# clang accepts on ARM where older versions refuse -march=native), or the compiler's default.
+_NATIVE = "-mcpu=native" if platform.machine().lower().startswith(("aarch64", "arm", "ppc", "powerpc")) else "-march=native"
+OTHER_ISAS = {
+    "native": ([_NATIVE], set()),
+    "generic": ([], set()),
+}
+
+_kernel: "Kernel | None | bool" = False  # the process's build. False: not tried yet; None: unavailable
+_forced: str | None = None                # set_enabled(True, isa=...)
+_builds: dict[str, "Kernel"] = {}         # every build loaded so far, by ISA
+_lock = threading.RLock()
 
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("ARLM_CACHE") or Path.home() / ".cache" / "arlm") / "kernels"
 
 
+def _is_x86_64() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "x64")
+
+
+def isas() -> dict[str, tuple[list[str], set[str]]]:
+    """Every build this kind of machine has, best first: name → (flags, CPU features needed)."""
+    return X86_64_ISAS if _is_x86_64() else OTHER_ISAS
+
+
 def _cpu_id() -> str:
-    """What -march=native depends on: a cached build must not move to a different CPU."""
+    """What a native build depends on: a cached one must not move to a different CPU."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return line
     except OSError:
         pass
     return platform.machine() + platform.processor()
 
 
-def _compile() -> Path:
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> frozenset[str]:
+    """The CPU's features, lower case as Linux's /proc/cpuinfo names them (the features every
+    core has); on macOS from sysctl; empty where neither answers (then only "generic" runs)."""
+    features: set[str] | None = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")) and ":" in line:
+                    core = set(line.split(":", 1)[1].split())
+                    features = core if features is None else features & core
+    except OSError:
+        pass
+    if features is None and sys.platform == "darwin":
+        try:
+            r = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features"],
+                               capture_output=True, text=True, timeout=5)
+            features = {f.lower().replace("avx1.0", "avx") for f in r.stdout.split()}
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return frozenset(features or ())
+
+
+def available_isas() -> list[str]:
+    """The builds this CPU runs, best first (the first is the one a process loads)."""
+    have = cpu_features()
+    return [name for name, (_, needs) in isas().items() if needs <= have]
+
+
+def _choice() -> list[str]:
+    """The builds to try, in order: the forced one (set_enabled, ARLM_ISA) or all that run here."""
+    available = available_isas()
+    wanted = _forced or os.environ.get("ARLM_ISA", "").strip().lower()
+    if wanted and wanted != "auto":
+        if wanted in available:
+            return [wanted]
+        why = "this CPU does not run it" if wanted in isas() else f"known: {', '.join(isas())}"
+        warnings.warn(f"arlm: ARLM_ISA={wanted} ignored ({why}); using {available[0]}", stacklevel=4)
+    return available
+
+
+def _compile(isa: str) -> Path:
+    """The library built for `isa`, compiled now unless the cache has it."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        raise RuntimeError("no C compiler (cc/gcc) found")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode() + _cpu_id().encode()).hexdigest()[:16]
-    out = _cache_dir() / f"lstm_step-{key}.so"
+        raise FileNotFoundError("no C compiler (cc/gcc) found")
+    flags = [*FLAGS, *isas()[isa][0]]
+    fallback = [*FALLBACK_FLAGS, *isas()[isa][0]]
+    key_text = " ".join([cc, *flags]) + (_cpu_id() if any(f.endswith("=native") for f in flags) else "")
+    key = hashlib.sha256(SOURCE.read_bytes() + key_text.encode()).hexdigest()[:16]
+    out = _cache_dir() / f"lstm_step-{isa}-{key}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename: processes starting together (DDP ranks)
@@ -66,9 +157,12 @@ def _compile() -> Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:
-            r = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
-            if r.returncode != 0:
-                r = subprocess.run([cc, *FALLBACK_FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+            try:
+                r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    r = subprocess.run([cc, *fallback, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+            except OSError as e:  # CC names no program
+                raise FileNotFoundError(f"the C compiler {cc} could not be run ({e})") from e
             if r.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
             os.replace(tmp, out)
@@ -97,9 +191,10 @@ class Kernel:
     """The compiled library, called with tensors. Shapes follow lstm_step.c's comments:
     gates (B, 4H) in the order f, i, c̃, o; states (B, H); keep (B,) floats or None."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, isa: str | None = None):
         lib = self.lib = ctypes.CDLL(str(path))
         self.path = str(path)
+        self.isa = isa  # which build (see isas()); None for a library loaded by hand
         i64, p = ctypes.c_int64, ctypes.c_void_p
 
         def sig(name: str, n_ints: int, n_ptrs: int, mid: tuple = ()) -> None:
@@ -125,6 +220,9 @@ class Kernel:
                 getattr(lib, f"arlm_lstm_sequence_{suffix}").restype = None
                 self.low.add(dtype)
         self.lanes = lib.arlm_lanes()  # the vector width: the window calls need H % lanes == 0
+
+    def __repr__(self) -> str:
+        return f"Kernel(isa={self.isa}, lanes={self.lanes}, low={sorted(self.low)}, path={self.path})"
 
     # -- one step's element-wise half --
 
@@ -203,20 +301,53 @@ class Kernel:
             _ptr(h0), _ptr(c0), _ptr(keep), _ptr(gates), _ptr(cs), _ptr(tanh_cs), _ptr(hs), _ptr(zh), _ptr(h_in))
 
 
-def load() -> Kernel | None:
-    """The compiled step, or None where it cannot be used (the backend then uses torch ops)."""
+def _build(isa: str) -> Kernel:
+    """The Kernel for one build, compiled and loaded on first use (raises if it cannot be)."""
+    with _lock:
+        k = _builds.get(isa)
+        if k is None:
+            k = _builds[isa] = Kernel(_compile(isa), isa)
+        return k
+
+
+def _load_default() -> Kernel | None:
+    if os.environ.get("ARLM_KERNEL", "1") == "0":
+        return None
+    failed = []
+    for isa in _choice():
+        try:
+            k = _build(isa)
+        except FileNotFoundError as e:  # no compiler: no build will do better
+            failed.append(str(e))
+            break
+        except Exception as e:  # e.g. a compiler too old for these flags: the next build down
+            failed.append(f"{isa}: {e}")
+            continue
+        if failed:
+            warnings.warn(f"arlm: the C LSTM step's best build failed ({'; '.join(failed)}); using {isa}",
+                          stacklevel=3)
+        return k
+    # a missing compiler must never stop training
+    warnings.warn(f"arlm: the C LSTM step could not be built ({'; '.join(failed)}); using torch operations, "
+                  "which give the same results more slowly. Install a C compiler (e.g. gcc) "
+                  "to speed up, or set ARLM_KERNEL=0 to silence this.", stacklevel=3)
+    return None
+
+
+def load(isa: str | None = None) -> Kernel | None:
+    """The compiled step, or None where it cannot be used (the backend then uses torch ops).
+
+    With `isa` (one of available_isas()), that build, whatever the process uses; it raises
+    ValueError for a build this CPU cannot run, and whatever stopped the build."""
     global _kernel
+    if isa is not None:
+        if isa not in available_isas():
+            raise ValueError(f"no {isa!r} build runs on this CPU (it runs: {', '.join(available_isas())})")
+        return _build(isa)
     if _kernel is False:
-        if os.environ.get("ARLM_KERNEL", "1") == "0":
-            _kernel = None
-        else:
-            try:
-                _kernel = Kernel(_compile())
-            except Exception as e:  # a missing compiler must never stop training
-                warnings.warn(f"arlm: the C LSTM step could not be built ({e}); using torch operations, "
-                              "which give the same results more slowly. Install a C compiler (e.g. gcc) "
-                              "to speed up, or set ARLM_KERNEL=0 to silence this.", stacklevel=2)
-                _kernel = None
+        with _lock:
+            if _kernel is False:
+                _kernel = _load_default()
     return _kernel or None
 
 
@@ -228,14 +359,42 @@ def supports(dtype: str) -> bool:
     return k is not None and dtype in k.low
 
 
-def set_enabled(enabled: bool) -> None:
-    """Switch the C step on or off for this process (tests compare every path)."""
-    global _kernel
-    _kernel = False if enabled else None
+def set_enabled(enabled: bool, isa: str | None = None) -> None:
+    """Switch the C step on or off for this process (tests compare every path). With `isa`
+    (one of available_isas()), the process uses that build from now on; without it, the one
+    ARLM_ISA names or the best one."""
+    global _kernel, _forced
+    if isa is not None and isa not in available_isas():
+        raise ValueError(f"no {isa!r} build runs on this CPU (it runs: {', '.join(available_isas())})")
+    with _lock:
+        _forced = isa if enabled else None
+        _builds.clear()  # looked for again (a test may have changed CC or the cache)
+        _kernel = False if enabled else None
     if enabled and os.environ.get("ARLM_KERNEL") == "0":
         del os.environ["ARLM_KERNEL"]
 
 
-if __name__ == "__main__":  # python -m arlm.fast.build: build now, say where it is
+def _main(argv: list[str]) -> int:
+    """python -m arlm.fast.build [--all]: build now, say which build and where it is."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m arlm.fast.build", description=_main.__doc__)
+    ap.add_argument("--all", action="store_true", help="also build (and check) every ISA this CPU runs")
+    args = ap.parse_args(argv)
     k = load()
-    print(k.path if k else "unavailable", file=sys.stdout)
+    print(f"available: {', '.join(available_isas())} (best first; ARLM_ISA forces one)")
+    if k is None:
+        print("in use: none (torch operations)")
+        return 1
+    print(f"in use: {k.isa}  lanes {k.lanes}  low-precision weights: {', '.join(sorted(k.low)) or 'none'}")
+    print(f"flags: {' '.join([*FLAGS, *isas()[k.isa][0]])}")
+    print(k.path)
+    if args.all:
+        for isa in available_isas():
+            b = load(isa)
+            print(f"  {isa:8s} lanes {b.lanes:2d}  low: {', '.join(sorted(b.low)) or 'none':15s} {b.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

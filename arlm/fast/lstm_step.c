@@ -22,11 +22,15 @@
 
 /* W floats at a time, written with GCC/Clang vector extensions rather than left to
    the auto-vectorizer (which gives up on these loops for some -march targets): the
-   compiler maps them onto AVX/AVX-512, SSE or NEON, whatever the CPU has. */
+   compiler maps them onto AVX/AVX-512, SSE or NEON, whatever the build targets.
+   build.py compiles one library per instruction set (avx512, avx2, generic on x86-64;
+   native, generic elsewhere) and loads the best the CPU runs; W follows the build. */
 #if defined(__AVX512F__)
 #define W 16  /* lanes: one AVX-512 register */
+#elif (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX__)
+#define W 4   /* one SSE register (the generic x86-64 build): as two, 8 lanes ran 2-7x slower */
 #else
-#define W 8   /* one AVX register; two SSE/NEON ones */
+#define W 8   /* one AVX register; two NEON ones */
 #endif
 typedef float vf __attribute__((vector_size(4 * W)));
 typedef int32_t vi __attribute__((vector_size(4 * W)));
@@ -87,10 +91,10 @@ static inline void forward_lanes(vf zf, vf zi, vf zc, vf zo, vf c_prev, vf out[7
    zx = W_x·x_t (computed for all steps before the loop) and b, and c_prev; writes the
    gates, c, tanh(c) and h. If keep_next is given, also h_next = h ⊙ keep_next: the
    h the next step's matrix product reads, already reset where a document starts. */
-void arlm_lstm_forward(int64_t threads, int64_t B, int64_t H, const float *zh, const float *zx,
-                       const float *bias, const float *c_prev, const float *keep,
-                       float *gates, float *c, float *tanh_c, float *h,
-                       const float *keep_next, float *h_next) {
+static void lstm_forward(int64_t threads, int64_t B, int64_t H, const float *zh, const float *zx,
+                         const float *bias, const float *c_prev, const float *keep,
+                         float *gates, float *c, float *tanh_c, float *h,
+                         const float *keep_next, float *h_next) {
     PARALLEL_ROWS
     for (int64_t b = 0; b < B; b++) {
         const float *hb_ = zh + b * 4 * H, *xb = zx + b * 4 * H, *cp = c_prev + b * H;
@@ -125,6 +129,16 @@ void arlm_lstm_forward(int64_t threads, int64_t B, int64_t H, const float *zh, c
             }
         }
     }
+}
+
+/* Exported names call static implementations, and the C calls them directly: several
+   builds of this file (one per instruction set, build.py) may be loaded in one process,
+   and a call between exported functions could otherwise bind to another build's copy. */
+void arlm_lstm_forward(int64_t threads, int64_t B, int64_t H, const float *zh, const float *zx,
+                       const float *bias, const float *c_prev, const float *keep,
+                       float *gates, float *c, float *tanh_c, float *h,
+                       const float *keep_next, float *h_next) {
+    lstm_forward(threads, B, H, zh, zx, bias, c_prev, keep, gates, c, tanh_c, h, keep_next, h_next);
 }
 
 /* One backward step on W lanes: from the gates, c_{t-1} (reset by keep), tanh(c_t) and
@@ -220,9 +234,11 @@ static inline vf load_i8(const int8_t *p) {  /* W int8 values → float32 lanes 
 #endif
 }
 
-#if defined(__AVX512F__) || defined(__F16C__)
-#define HAVE_HALF 1
-static inline vf load_f16(const uint16_t *p) {  /* W float16 values → float32 lanes: vcvtph2ps */
+/* float16 weights → float32 lanes, in every build: with F16C (the AVX2 and AVX-512 builds)
+   by vcvtph2ps; on other CPUs by the compiler's half type where it has one (ARM converts in
+   hardware), else (the generic x86-64 build) from the bits by integer arithmetic. */
+#if defined(__F16C__)
+static inline vf load_f16(const uint16_t *p) {
 #if defined(__AVX512F__)
     return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 #else
@@ -230,15 +246,39 @@ static inline vf load_f16(const uint16_t *p) {  /* W float16 values → float32 
 #endif
 }
 static inline float f16_to_float(uint16_t h) { return _cvtsh_ss(h); }
-#elif defined(__FLT16_MAX__)  /* e.g. ARM: the compiler's own half type */
-#define HAVE_HALF 1
+#elif defined(__FLT16_MAX__) && !defined(__x86_64__) && !defined(__i386__)  /* e.g. ARM */
 static inline float f16_to_float(uint16_t h) { _Float16 f; memcpy(&f, &h, 2); return (float)f; }
 static inline vf load_f16(const uint16_t *p) {
     vf v;
     for (int l = 0; l < W; l++) v[l] = f16_to_float(p[l]);
     return v;
 }
+#else
+/* Exact for every half (zeros, subnormals, infinities, NaN): the 5-bit exponent is rebased
+   to 8 bits; a subnormal becomes 2^-14 · (1 + m/1024) and one subtraction of 2^-14 leaves
+   m · 2^-24; an infinity or NaN gets the all-ones exponent. (After F. Giesen.) */
+static inline vf half_bits_to_float(vi h) {
+    const int32_t exp_mask = 0x7c00 << 13;        /* the exponent, once shifted into place */
+    vi o = (h & 0x7fff) << 13, e = o & exp_mask;
+    const vi inf_nan = e == exp_mask, small = e == 0;  /* lanes of -1 (true) or 0 */
+    o += (127 - 15) << 23;
+    o += inf_nan & ((128 - 16) << 23);
+    o += small & (1 << 23);
+    vf f; memcpy(&f, &o, sizeof f);
+    f = select_(small, f - 6.103515625e-05f, f);  /* 2^-14 */
+    vi r; memcpy(&r, &f, sizeof r);
+    r |= (h & 0x8000) << 16;                      /* the sign */
+    memcpy(&f, &r, sizeof f);
+    return f;
+}
+static inline vf load_f16(const uint16_t *p) {
+    typedef uint16_t vu16 __attribute__((vector_size(2 * W)));
+    vu16 v; memcpy(&v, p, sizeof v);
+    return half_bits_to_float(__builtin_convertvector(v, vi));
+}
+static inline float f16_to_float(uint16_t h) { return half_bits_to_float((vi){0} + (int32_t)h)[0]; }
 #endif
+#define HAVE_HALF 1
 
 /* nr weight rows against mb input rows (both constants once inlined): nr × mb independent
    accumulators, so the loop is not held up by the latency of one chain of FMAs. */
@@ -264,8 +304,8 @@ static inline __attribute__((always_inline)) void rows_dot_##SUFFIX(            
 }                                                                                                 \
                                                                                                   \
 /* scale (N floats) may be NULL: no per-row scale. */                                             \
-void arlm_matmul_##SUFFIX(int64_t threads, int64_t M, int64_t N, int64_t K, const T *Wt, int64_t ld, \
-                          const float *scale, const float *x, float *y) {                         \
+static void matmul_##SUFFIX(int64_t threads, int64_t M, int64_t N, int64_t K, const T *Wt, int64_t ld, \
+                             const float *scale, const float *x, float *y) {                      \
     for (int64_t m0 = 0; m0 < M; m0 += 4) {  /* up to four input rows share each weight read */  \
         const int64_t mb = M - m0 < 4 ? M - m0 : 4;                                               \
         const float *xm = x + m0 * K;                                                             \
@@ -298,6 +338,11 @@ void arlm_matmul_##SUFFIX(int64_t threads, int64_t M, int64_t N, int64_t K, cons
                     y[(m0 + q) * N + n + r] = scale ? scale[n + r] * out[q * 4 + r] : out[q * 4 + r]; \
         }                                                                                         \
     }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+void arlm_matmul_##SUFFIX(int64_t threads, int64_t M, int64_t N, int64_t K, const T *Wt, int64_t ld, \
+                          const float *scale, const float *x, float *y) {                         \
+    matmul_##SUFFIX(threads, M, N, K, Wt, ld, scale, x, y);                                       \
 }                                                                                                 \
                                                                                                   \
 /* The same product from a transposed copy, WT (K × N), scale per column of WT:                  \
@@ -338,8 +383,8 @@ void arlm_lstm_sequence_##SUFFIX(int64_t threads, int64_t T, int64_t B, int64_t 
         const float *k = keep ? keep + t * B : 0;                                                 \
         for (int64_t b = 0; b < B; b++)                                                           \
             for (int64_t j = 0; j < H; j++) h_in[b * H + j] = k ? h_prev[b * H + j] * k[b] : h_prev[b * H + j]; \
-        arlm_matmul_##SUFFIX(threads, B, 4 * H, H, Wq, ld, scale, h_in, zh);                       \
-        arlm_lstm_forward(threads, B, H, zh, gx + t * B * 4 * H, bias, c_prev, k, gates + t * B * 4 * H, \
+        matmul_##SUFFIX(threads, B, 4 * H, H, Wq, ld, scale, h_in, zh);                            \
+        lstm_forward(threads, B, H, zh, gx + t * B * 4 * H, bias, c_prev, k, gates + t * B * 4 * H,      \
                           cs + t * B * H, tanh_cs + t * B * H, hs + t * B * H, 0, 0);             \
     }                                                                                             \
 }
