@@ -137,9 +137,10 @@ class Completer:
     # --- suggestions from the next-token distribution --------------------------------
 
     def from_distribution(self, log_probs: Tensor, prefix: str, k: int, punctuation: bool = False,
-                          numbers: bool = False) -> list[Suggestion]:
-        """The k most likely whole words beginning with `prefix` (word models)."""
-        probs = log_probs.exp().cpu()
+                          numbers: bool = False, probs: Tensor | None = None) -> list[Suggestion]:
+        """The k most likely whole words beginning with `prefix` (word models). `probs`:
+        log_probs.exp() on the CPU, when the caller keeps it (a session, per state)."""
+        probs = log_probs.exp().cpu() if probs is None else probs
         allowed = self.masks[(punctuation, numbers)]
         if prefix:
             lo = bisect.bisect_left(self.sorted_words, prefix)
@@ -237,11 +238,17 @@ class TypingSession:
         self.steps += 1
         self._ids: list[int] = [start]
         self._after: list[tuple[Tensor, tuple[Tensor, Tensor]]] = [(log_probs[0], state)]
+        self._context: tuple[str, list[int]] = ("", [start])  # the last context read, and its ids
+        self._probs: tuple[tuple, Tensor] | None = None          # (state entry, exp of its log-probs)
 
     def update(self, text: str) -> list[Suggestion]:
         """The suggestions for `text`, the whole text as it now stands."""
         split = self.completer.split(text)
-        ids = [self.predictor.tokenizer.eos_id] + self.predictor.tokenizer.encode(split.context)
+        if split.context == self._context[0]:  # typing inside a word: nothing new to read
+            ids = self._context[1]
+        else:
+            ids = [self.predictor.tokenizer.eos_id] + self.predictor.tokenizer.encode(split.context)
+            self._context = (split.context, ids)
         same = 0
         while same < min(len(ids), len(self._ids)) and ids[same] == self._ids[same]:
             same += 1
@@ -251,6 +258,13 @@ class TypingSession:
             self.steps += 1
             self._ids.append(token)
             self._after.append((log_probs[0], state))
-        log_probs, state = self._after[-1]
-        return self.predictor._suggest(log_probs, state, split.prefix, self.k, self.punctuation, self.numbers)
+        entry = self._after[-1]
+        log_probs, state = entry
+        if self.completer.subword:
+            return self.predictor._suggest(log_probs, state, split.prefix, self.k, self.punctuation, self.numbers)
+        if self._probs is None or self._probs[0] is not entry:  # the state itself, not its position
+            self._probs = (entry, log_probs.exp().cpu())
+        with torch.inference_mode():
+            return self.completer.from_distribution(log_probs, split.prefix, self.k, self.punctuation, self.numbers,
+                                                    probs=self._probs[1])
 

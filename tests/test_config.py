@@ -65,7 +65,7 @@ def test_split_digits_reset_at_eos_and_adaptive_div_are_settable_from_flags_and_
 
 def test_eos_id_comes_from_the_tokenizer():
     class Tok:
-        vocab_size, eos_id = 50, 7
+        vocab_size, eos_id, frequency_ordered = 50, 7, True
 
     model = TrainConfig().model_config(Tok())
     assert (model.vocab_size, model.eos_id, model.softmax) == (50, 7, "adaptive")
