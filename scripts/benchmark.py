@@ -318,6 +318,84 @@ def bench_soak(args) -> dict:
     return {"rows": [row], "errors": 0, "identical": same == n}
 
 
+def bench_export(args) -> dict:
+    """onnxruntime running the exported step (arlm/export.py) against arlm's own float32 and
+    int8 engines, same checkpoint, one thread each (torch threads 1, onnxruntime
+    intra_op_num_threads=1), calls interleaved: the next word after a 20-word prefix read
+    from scratch (onnxruntime can only read it token by token; arlm reads it its own way,
+    `predict_next`), and the cost per generated token (one step with the state carried, the
+    whole vocabulary's log-probabilities, then the argmax)."""
+    import shutil
+    import tempfile
+
+    import arlm
+    from arlm import export
+
+    torch.set_num_threads(1)
+    lm32 = arlm.load(args.checkpoint)
+    lm8 = arlm.load(args.checkpoint, weights="int8")
+    folder = Path(tempfile.mkdtemp(prefix="arlm-bench-export-"))
+    files = {"float32": export.export_onnx(lm32.engine, folder / export.MODEL_FILE)}
+    files["int8"] = export.quantize_int8(files["float32"], folder / export.INT8_FILE)
+    onnx = {w: export.OnnxStepper.open(f, threads=1) for w, f in files.items()}
+    words = " ".join(["قال رسول الله صلي الله عليه وسلم"] * 3).split()[:20]
+    prefix = " ".join(words)
+    eos, k, n_gen = lm32.tokenizer.eos_id, 10, 50
+
+    def onnx_next(s):
+        def f():
+            h, c = s.zeros(1)
+            for i in [eos] + lm32.tokenizer.encode(prefix):
+                lp, h, c, _ = s.step([i], h, c)
+            return np.argpartition(-lp[0], k)[:k]
+        return f
+
+    def onnx_generate(s):
+        h0, c0 = s.zeros(1)
+        for i in [eos] + lm32.tokenizer.encode(prefix):
+            lp0, h0, c0, _ = s.step([i], h0, c0)
+
+        def f():
+            lp, h, c = lp0, h0, c0
+            for _ in range(n_gen):
+                lp, h, c, _ = s.step([int(lp[0].argmax())], h, c)
+        return f
+
+    def arlm_next(lm):
+        return lambda: lm.predict_next(prefix, k=k)
+
+    def arlm_generate(lm):
+        with torch.inference_mode():
+            out = lm.engine(torch.tensor([eos] + lm.tokenizer.encode(prefix)).view(-1, 1), last_only=True)
+            lp0, state0 = lm.engine.log_probs(out.features[-1]), out.state  # (1, V), the prefix's state
+
+        def f():
+            with torch.inference_mode():
+                lp, state = lp0, state0
+                for _ in range(n_gen):
+                    lp, state = lm.engine.step(lp.argmax(-1), state)
+        return f
+
+    engines = {"arlm float32": lm32, "arlm int8": lm8}
+    nxt = interleaved({**{n: arlm_next(lm) for n, lm in engines.items()},
+                       **{f"onnxruntime {w}": onnx_next(s) for w, s in onnx.items()}}, args.repeats * 5)
+    gen = interleaved({**{n: arlm_generate(lm) for n, lm in engines.items()},
+                       **{f"onnxruntime {w}": onnx_generate(s) for w, s in onnx.items()}}, args.repeats)
+    sizes = {"arlm float32": None, "arlm int8": None, **{f"onnxruntime {w}": f.stat().st_size / 1e6
+                                                         for w, f in files.items()}}
+    rows = []
+    for name in nxt:
+        rows.append({"checkpoint": args.checkpoint, "engine": name, "threads": 1,
+                     "next-word ms (20-word prefix)": nxt[name] * 1000,
+                     "ms per generated token": gen[name] * 1000 / n_gen,
+                     "next-word vs arlm float32": nxt["arlm float32"] / nxt[name],
+                     "per-token vs arlm float32": gen["arlm float32"] / gen[name],
+                     "file MB": sizes[name] if sizes[name] is not None else "-"})
+    print(table(rows, list(rows[0])))
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"rows": rows, "prefix": prefix, "generated": n_gen}
+
+
 # --- 4b. autocomplete ---------------------------------------------------------------
 
 
@@ -389,9 +467,12 @@ def _word_level_nll(lm, text: str) -> tuple[list[float], list[bool]]:
                 unk.append(False)
             out[-1] -= lp
         return out, unk
+    from arlm.normalize import normalize
+
     tokens = [t for t, _ in scored]
     words = lm.tokenizer.tokenize(text)  # tokens of each whitespace word, in order
-    per_word = [lm.tokenizer.tokenize(w) for w in text.split()]
+    # the whitespace words of the normalized text: what sentencepiece marks with ▁ too
+    per_word = [lm.tokenizer.tokenize(w) for w in normalize(text, lm.tokenizer.config.normalize).split()]
     k = 0
     for pieces in per_word:
         n = len(pieces)
@@ -433,18 +514,19 @@ def bench_autocomplete(args) -> dict:
                 _Typist("frequency only", distribution=lambda ids: freq, index=index, tokenizer=word.tokenizer)]
     rows = []
     vocab_share = float(np.mean([t in word.tokenizer.stoi for doc in typed for t in doc]))
-    for typist in typists:
+    for typist in typists if "ksr" in args.measures else []:
         t = time.perf_counter()
         row = _simulate(typist, typed)
         row["suggestable words"] = 1.0 if typist.name == "arlm subword" else vocab_share
         row["seconds"] = time.perf_counter() - t
         rows.append(row)
-    print(table(rows, list(rows[0])))
+    if rows:
+        print(table(rows, list(rows[0])))
     # word-level perplexity: the same whitespace words for every tokenizer
     ppl_rows = []
     unk_mask = None
     for name, lm in (("arlm word", word), ("arlm subword", sub)):
-        if lm is None:
+        if lm is None or "ppl" not in args.measures:
             continue
         nll, unk = [], []
         for d in test_docs:
@@ -460,12 +542,13 @@ def bench_autocomplete(args) -> dict:
             row["ppl on <unk> words"] = math.exp(nll[unk_mask].mean()) if unk_mask.any() else None
             row["<unk> words"] = int(unk_mask.sum())
         ppl_rows.append(row)
-    print(table(ppl_rows, list(ppl_rows[-1])))
+    if ppl_rows:
+        print(table(ppl_rows, list(ppl_rows[0])))
     # latency: int8 default model, one core, a typing session over sentences
     fast = arlm.load(args.checkpoint, weights="int8")
     session = fast.session(k=3)
     per_key, per_word = [], []
-    for words in typed[: args.latency_docs]:
+    for words in typed[: args.latency_docs if "latency" in args.measures else 0]:
         text = ""
         session = fast.session(k=3)
         for w in words:
@@ -477,6 +560,8 @@ def bench_autocomplete(args) -> dict:
             t = time.perf_counter()
             session.update(text)
             per_word.append(time.perf_counter() - t)
+    if not per_key:
+        return {"rows": rows, "perplexity": ppl_rows, "corpus": corpus, "test_docs": len(test_docs)}
     lat = {"weights": "int8", "threads": 1, "keystrokes": len(per_key),
            "keystroke p50 ms": 1000 * float(np.percentile(per_key, 50)),
            "keystroke p99 ms": 1000 * float(np.percentile(per_key, 99)),
@@ -687,7 +772,7 @@ def compare(args, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "autocomplete", "quality", "reference", "memory",
-                                    "cache", "soak"])
+                                    "cache", "soak", "export"])
     p.add_argument("--out", default="bench", help="folder for JSON results (default: bench)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (default: 10)")
@@ -707,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
     p.add_argument("--subword", metavar="DIR", help="autocomplete: a sentencepiece checkpoint to compare (default: none)")
     p.add_argument("--latency-docs", type=int, default=200, help="autocomplete: documents typed for latency (default: 200)")
+    p.add_argument("--measures", default="ksr,ppl,latency",
+                   help="autocomplete: which measures, comma-separated from ksr, ppl, latency (default: all)")
     p.add_argument("--requests", type=int, default=1000, help="soak: requests (default: 1000)")
     p.add_argument("--megabytes", type=int, default=1024, help="cache: size of the text file (default: 1024)")
     p.add_argument("--compare", metavar="DIR", help="also run the part with the arlm checkout in DIR, alternating")

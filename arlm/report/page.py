@@ -2,10 +2,12 @@
 the chosen gate, unit and layer; hover or click a token for its values and the model's
 next-word guesses.
 
-The page is three real files shipped with this package: page.html (the markup, with
-{{title}}, {{subtitle}}, {{css}}, {{js}} and {{data}} slots), page.css and page.js. Writing
-a report fills the slots in one pass, so the result is a single self-contained file
-(inline CSS and JS, the data as one JSON element) that works from file:// with no network.
+The page is real files shipped with this package: page.html (the markup, with
+{{title}}, {{subtitle}}, {{css}}, {{js}} and {{data}} slots), page.css and page.js, and the
+gate view they share with the browser page (arlm/webpage, whose build_web copies them):
+gateview.css and gateview.js, inlined before page.css and page.js. Writing a report fills
+the slots in one pass, so the result is a single self-contained file (inline CSS and JS,
+the data as one JSON element) that works from file:// with no network.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from arlm.gates import EXPLAIN, GATES, LABELS, MEANINGS, SIGMOID_GATES, GateReco
 from arlm.report.files import output_path
 
 TITLE = "arlm: watching the gates"
+# What fills the {{css}} and {{js}} slots, in this order: the shared gate view, then the report's own.
+CSS_FILES = ("gateview.css", "page.css")
+JS_FILES = ("gateview.js", "page.js")
 _SLOT = re.compile(r"\{\{(\w+)\}\}")
 
 
@@ -37,12 +42,12 @@ def _script_json(data) -> str:
 
 @lru_cache(maxsize=None)
 def _asset(name: str) -> str:
-    """page.html, page.css or page.js, read from the installed package."""
+    """page.html or one of CSS_FILES / JS_FILES, read from the installed package."""
     return resources.files("arlm.report").joinpath(name).read_text(encoding="utf-8").rstrip("\n")
 
 
 def _inline(text: str, element: str) -> str:
-    """page.css or page.js, checked to be safe to paste between <element> and </element>:
+    """A CSS or JS file, checked to be safe to paste between <element> and </element>:
     our own files, but an edit that wrote '</script' in a comment would end the element early."""
     if re.search(rf"</{element}|<!--|<script", text, re.IGNORECASE):
         raise ValueError(f"the page's {element} contains '</{element}', '<!--' or '<script'; it cannot be inlined")
@@ -79,7 +84,8 @@ def html_report(rec: GateRecord, title: str = TITLE, subtitle: str = "") -> str:
     text is escaped: the title and subtitle as HTML, the record as script-safe JSON."""
     return fill(_asset("page.html"), {
         "title": html.escape(title), "subtitle": html.escape(subtitle),
-        "css": _inline(_asset("page.css"), "style"), "js": _inline(_asset("page.js"), "script"),
+        "css": "\n".join(_inline(_asset(name), "style") for name in CSS_FILES),
+        "js": "\n".join(_inline(_asset(name), "script") for name in JS_FILES),
         "data": _script_json(page_data(rec)),
     })
 
