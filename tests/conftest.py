@@ -17,6 +17,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny models: a second thread only adds OpenMP
+    spinning, ruinous (10-40x slower) on a busy shared machine. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
     os.environ["ARLM_CACHE"] = str(tmp_path_factory.mktemp("arlm-cache"))

@@ -15,11 +15,8 @@ from test_generate import SENTENCES, train_and_save
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=["full", "adaptive"])

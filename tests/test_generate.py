@@ -58,13 +58,8 @@ def train_and_save(directory, softmax: str):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # These models are tiny: a second intra-op thread only adds OpenMP spinning, which is
-    # ruinous (10-40x slower) on a busy shared machine. Restored for the other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

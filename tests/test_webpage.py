@@ -243,7 +243,6 @@ def _export(checkpoint_dir: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    pytest.importorskip("onnxscript", reason="exporting needs onnx and onnxscript: pip install 'arlm[export]'")
     import arlm
     from test_generate import train_and_save
 
