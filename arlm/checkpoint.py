@@ -88,18 +88,22 @@ def save(directory: str | os.PathLike, model: LanguageModel, tokenizer, run_conf
     _remove_stale_temporaries(final)
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
     config = {"format": FORMAT_VERSION, "model": model.config.to_dict(), "run": run_config or {}, **(extra or {}),
               "tokenizer_fingerprint": fingerprint(tokenizer)}
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-    tokenizer.save(tmp)
-    _save_weights(model, str(tmp / WEIGHTS_FILE))
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / TRAINER_FILE)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+        tokenizer.save(tmp)
+        _save_weights(model, str(tmp / WEIGHTS_FILE))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_FILE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except OSError as e:  # a full disk, a quota, a read-only folder: the previous version is untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(_write_problem(final, e, model, trainer_state is not None)) from None
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -109,6 +113,24 @@ def save(directory: str | os.PathLike, model: LanguageModel, tokenizer, run_conf
     if old.exists():
         shutil.rmtree(old)
     return final
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a failed run, not bad input); the message is one
+    line naming the path and, for a full disk, the space needed and free."""
+
+
+def _write_problem(final: Path, e: OSError, model: LanguageModel, with_trainer: bool) -> str:
+    why = (os.strerror(e.errno) if e.errno else str(e) or type(e).__name__).lower()
+    # weights, plus AdamW's two moments and the RNG/position in trainer.pt
+    need = model.num_parameters() * 4 * (3 if with_trainer else 1)
+    try:
+        free = f", {shutil.disk_usage(final.parent).free / 2**20:,.0f} MB free"
+    except OSError:
+        free = ""
+    previous = "the previous checkpoint is whole" if final.exists() else "nothing was saved"
+    return (f"cannot write the checkpoint {final} ({why}; about {need / 2**20:,.0f} MB needed{free}); "
+            f"{previous}: free space (or choose another --out) and resume")
 
 
 class RunInUse(CheckpointError):

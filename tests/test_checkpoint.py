@@ -256,13 +256,17 @@ def test_temporary_folders_are_per_process_and_a_dead_ones_is_cleared(tmp_path, 
     save(tmp_path / "latest", m, tok)
     assert not stale.exists() and live.exists()
 
+    written = []
+
     def disk_full(model, filename):
+        written.append(filename)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt, "_save_weights", disk_full)
     with pytest.raises(OSError):
         save(tmp_path / "latest", m, tok)
-    assert (tmp_path / f"latest.tmp-{os.getpid()}").is_dir()  # this process's own name
+    assert os.path.basename(os.path.dirname(written[0])) == f"latest.tmp-{os.getpid()}"  # this process's own name
+    assert not (tmp_path / f"latest.tmp-{os.getpid()}").exists()  # and removed when the save failed
     assert load(tmp_path / "latest")[0] is not None
 
 
@@ -289,3 +293,43 @@ def test_a_run_directory_is_locked_while_held_and_free_once_its_holder_is_killed
     assert ckpt.RunLock.holder(tmp_path) is None  # no stale lock after kill -9
     with ckpt.RunLock(tmp_path):
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    m, tok = _model_and_tokenizer()
+    d = save(tmp_path / "latest", m, tok, trainer_state={"step": 1})
+    before = {k: v.clone() for k, v in load(d)[0].state_dict().items()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for target in ("_save_weights", "_fsync_dir"):
+        with monkeypatch.context() as mp:
+            mp.setattr(ckpt, target, full)
+            with pytest.raises(ckpt.CheckpointWriteError) as e:
+                save(tmp_path / "latest", m, tok, trainer_state={"step": 2})
+        message = str(e.value)
+        assert "\n" not in message and message.startswith(f"cannot write the checkpoint {tmp_path / 'latest'}")
+        assert "no space left on device" in message and "MB needed" in message and "MB free" in message
+        assert "the previous checkpoint is whole" in message
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]  # no temporary folder left
+        again = load(d)[0].state_dict()
+        assert all(torch.equal(again[k], v) for k, v in before.items())
+        assert load_trainer_state(d)["step"] == 1
+
+
+def test_a_full_disk_during_training_is_a_failed_run_in_one_line(tmp_path, text_corpus, monkeypatch, capsys):
+    import errno
+
+    from arlm.train import main
+
+    monkeypatch.setattr(ckpt, "_save_weights", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    argv = ["--corpus", str(text_corpus), "--out", str(tmp_path / "run"), "--emb-size", "16", "--hidden-size", "16",
+            "--num-layers", "1", "--batch-size", "4", "--bptt", "10", "--min-freq", "1", "--eval-interval", "5",
+            "--max-steps", "5", "--time-budget", "0", "--workers", "1", "--threads", "1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: cannot write the checkpoint ") and "no space left on device" in err
+    assert not any(".tmp" in p.name for p in (tmp_path / "run").iterdir())
