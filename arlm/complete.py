@@ -167,21 +167,25 @@ class Completer:
         product over its pieces and that boundary."""
         engine = self.predictor.engine
         allowed = self.masks[(punctuation, numbers)]
-        lp = log_probs.unsqueeze(0)                      # (beams, V)
+        lp = log_probs.unsqueeze(0).cpu()                # (beams, V)
         beams: list[tuple[list[int], str]] = [([], "")]
         totals = torch.zeros(1)
         finished: dict[str, float] = {}
+
+        def end_words() -> None:
+            """Close every beam whose text is a whole word matching the prefix: the next
+            piece starts a new word, or the text ends (segmentations of one word add up)."""
+            end = torch.logsumexp(lp.masked_fill(~self.boundary, -math.inf), -1)
+            for b, (_, text) in enumerate(beams):
+                if text and text.startswith(prefix):
+                    finished[text] = float(np.logaddexp(finished.get(text, -math.inf), float(totals[b] + end[b])))
+
         for depth in range(MAX_PIECES):
-            cand = totals[:, None] + lp.cpu()
+            cand = totals[:, None] + lp
             if depth == 0:  # a word starts with a ▁ piece
                 cand = cand.masked_fill(~(self.starts_word & allowed), -math.inf)
             else:
-                # leaving here: the next piece starts a new word, or the text ends
-                end = torch.logsumexp(lp.cpu().masked_fill(~self.boundary, -math.inf), -1)
-                for b, (ids, text) in enumerate(beams):
-                    if text.startswith(prefix) and text:
-                        word_lp = float(totals[b] + end[b])
-                        finished[text] = float(np.logaddexp(finished.get(text, -math.inf), word_lp))
+                end_words()
                 cand = cand.masked_fill(self.starts_word | ~allowed, -math.inf)
             flat = cand.view(-1)
             top = flat.topk(min(BEAM * 4, flat.numel()))
@@ -204,11 +208,9 @@ class Completer:
             pick = torch.tensor(origins)
             state = (state[0].index_select(1, pick), state[1].index_select(1, pick))
             lp, state = engine.step(torch.tensor([ids[-1] for ids, _ in beams]), state)
+            lp = lp.cpu()
         else:  # the deepest hypotheses end here
-            end = torch.logsumexp(lp.cpu().masked_fill(~self.boundary, -math.inf), -1)
-            for b, (ids, text) in enumerate(beams):
-                if text.startswith(prefix) and text:
-                    finished[text] = float(np.logaddexp(finished.get(text, -math.inf), float(totals[b] + end[b])))
+            end_words()
         if not finished:
             return []
         ranked = sorted(finished.items(), key=lambda kv: -kv[1])[:k]
@@ -226,8 +228,6 @@ class TypingSession:
     still matches the text and reads on from there. `steps` counts the LSTM steps taken."""
 
     def __init__(self, predictor: "Predictor", k: int = 5, punctuation: bool = False, numbers: bool = False):
-        from arlm.generate import check_k
-
         check_k(k)
         self.predictor, self.k, self.punctuation, self.numbers = predictor, k, punctuation, numbers
         self.completer = predictor.completer
@@ -268,3 +268,8 @@ class TypingSession:
             return self.completer.from_distribution(log_probs, split.prefix, self.k, self.punctuation, self.numbers,
                                                     probs=self._probs[1])
 
+
+def check_k(k) -> None:
+    """Raise ValueError unless k is a usable number of results."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from arlm import checkpoint, cli
-from arlm.complete import Completer, Suggestion, TypingSession
+from arlm.complete import Completer, Suggestion, TypingSession, check_k
 from arlm.inference import WEIGHTS, FrozenModel
 from arlm.model import LanguageModel, State
 from arlm.tokenizer import BOS, EOS, PAD, UNK
@@ -111,12 +111,6 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
     return dev
-
-
-def check_k(k) -> None:
-    """Raise ValueError unless k is a usable number of results."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
 
 
 def _check_prompt(prompt) -> str:

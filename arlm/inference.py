@@ -127,7 +127,7 @@ class FrozenModel:
         cfg = self.config
         x = F.embedding(ids, self.embedding)
         keep = (ids != cfg.eos_id).unsqueeze(-1).to(x.dtype) if cfg.reset_at_eos else None
-        keep = fast._prepare_keep(keep, x)
+        keep = fast.prepare_keep(keep, x)
         h0, c0 = state if state is not None else self.init_state(ids.shape[1])
         hs_last, cs_last, traces = [], [], []
         for k, layer in enumerate(self.layers):

@@ -12,7 +12,6 @@ a `FrozenModel` (arlm/inference.py), built once from these weights.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch

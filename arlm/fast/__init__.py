@@ -25,7 +25,7 @@ from torch import Tensor
 from arlm.fast import build, c_step, c_window, torch_loop
 from arlm.fast.products import LayerWeights
 
-__all__ = ["LayerWeights", "lstm_window", "run_forward", "Window"]
+__all__ = ["LayerWeights", "lstm_window", "prepare_keep", "run_forward", "Window"]
 
 
 def _kernel_for(*tensors: Tensor) -> build.Kernel | None:
@@ -35,7 +35,7 @@ def _kernel_for(*tensors: Tensor) -> build.Kernel | None:
     return build.load()
 
 
-def _prepare_keep(keep: Tensor | None, x: Tensor) -> Tensor | None:
+def prepare_keep(keep: Tensor | None, x: Tensor) -> Tensor | None:
     """keep (T, B, 1) in x's dtype, one value per row in memory (the C paths read it as (T, B))."""
     if keep is None:
         return None
@@ -46,7 +46,7 @@ def _prepare_keep(keep: Tensor | None, x: Tensor) -> Tensor | None:
 def run_forward(w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None, low=None):
     """One layer's forward over a window, by whichever path applies: (path, kernel, gates,
     cs, tanh_cs, hs, h0, c0). `low`: a lowp.LowPrecision copy of W (inference only).
-    keep must come from _prepare_keep."""
+    keep must come from prepare_keep."""
     T, B, _ = x.shape
     kernel = _kernel_for(x, h0, c0, w.W, w.b)
     if kernel is None:
@@ -69,7 +69,7 @@ class Window(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x, h0, c0, W, b, keep=None):
         H = h0.shape[1]
-        keep = _prepare_keep(keep, x)
+        keep = prepare_keep(keep, x)
         w = LayerWeights(W, b, H)
         path, kernel, gates, cs, tanh_cs, hs, h0, c0 = run_forward(w, x, h0, c0, keep)
         ctx.path, ctx.kernel = path, kernel  # the backward takes the forward's path

@@ -171,7 +171,7 @@ def normalize_spec(cfg: NormalizeConfig | None = None) -> dict:
 def _rules_cached() -> str:
     from camel_tools.tokenizers.word import _DIGITS_RE, _SYMBOLS_ALL
 
-    from arlm.tokenizer import _DIGIT_CHARS, _SYMBOL_CHARS
+    from arlm.tokenizer import _SYMBOL_CHARS
 
     tables = _python_tables()
     rules = {
