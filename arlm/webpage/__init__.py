@@ -171,7 +171,7 @@ def normalize_spec(cfg: NormalizeConfig | None = None) -> dict:
 def _rules_cached() -> str:
     from camel_tools.tokenizers.word import _DIGITS_RE, _SYMBOLS_ALL
 
-    from arlm.tokenizer import _SYMBOL_CHARS
+    from arlm.tokenizer import split_characters
 
     tables = _python_tables()
     rules = {
@@ -187,7 +187,7 @@ def _rules_cached() -> str:
         "symbols": _ranges(ord(s) for s in _SYMBOLS_ALL if len(s) == 1),
         "symbol_strings": sorted(s for s in _SYMBOLS_ALL if len(s) > 1),
         # arlm/complete.py: where the word being typed begins, and which tokens are words
-        "split_chars": _ranges(map(ord, _SYMBOL_CHARS)),
+        "split_chars": _ranges(map(ord, split_characters(split_digits=False))),
         "nd": tables["nd"],
         "ps": tables["ps"],
     }
