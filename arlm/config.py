@@ -271,6 +271,12 @@ class OptimConfig:
                                      "e.g. 0.85 decays over the last 15% only (0: decay from the start)",
                                 **FRACTION)
     warmup: int = option(0, "steps over which the learning rate rises linearly from 0 to --lr (0: none)", low=0)
+    embedding_update: str = option("rows", "AdamW: update only the embedding rows each window reads (lazy "
+                                           "row-wise AdamW, arlm/optim.py: a row not read keeps its weights and "
+                                           "moments; several times cheaper at a large vocabulary), or every row "
+                                           "(dense AdamW); the two agree when every row is read. Rows needs a single "
+                                           "process and no full softmax tied to the embedding; otherwise dense",
+                                   choices=("rows", "dense"))
     weight_decay: float = option(0.01, "decoupled weight decay (AdamW) or L2 (SGD)", low=0)
     clip: float = option(0.25, "clip the global gradient norm to this (0: no clipping)", low=0)
     lr_patience: int = option(1, "evaluations without improvement before the learning rate is cut", low=0)

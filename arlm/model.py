@@ -109,11 +109,12 @@ def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return x * mask
 
 
-def embedding_dropout(weight: Tensor, ids: Tensor, p: float, training: bool) -> Tensor:
+def embedding_dropout(weight: Tensor, ids: Tensor, p: float, training: bool, sparse: bool = False) -> Tensor:
     """Look up ids, dropping whole words (every occurrence of a word at once): one mask
     row per vocabulary word, applied to the rows looked up rather than to the whole
-    matrix, which at a 50k vocabulary would cost more than the lookup itself."""
-    x = F.embedding(ids, weight)
+    matrix, which at a 50k vocabulary would cost more than the lookup itself.
+    `sparse`: the weight's gradient as a sparse tensor of the rows looked up."""
+    x = F.embedding(ids, weight, sparse=sparse)
     if not training or p == 0:
         return x
     mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
@@ -127,7 +128,10 @@ class TiedHead(nn.Module):
     """The adaptive softmax head with its shortlist rows tied to the embeddings.
 
     The head scores the `shortlist` most frequent words plus one entry per tail cluster;
-    the word rows are the embedding rows of those words, the cluster rows are free."""
+    the word rows are the embedding rows of those words, the cluster rows are free. When
+    the embedding gives sparse gradients (`nn.Embedding.sparse`, set for row-wise
+    updates: arlm/optim.py), the shortlist is read as a lookup of its rows, so that its
+    gradient is sparse too instead of a dense matrix with all other rows zero."""
 
     def __init__(self, embedding: nn.Embedding, shortlist: int, n_clusters: int):
         super().__init__()
@@ -136,7 +140,12 @@ class TiedHead(nn.Module):
 
     def weight(self) -> Tensor:
         """The head's rows: the shortlist's embeddings, then one row per cluster."""
-        return torch.cat([self.embedding.weight[: self.shortlist], self.cluster_weight])
+        weight = self.embedding.weight
+        if self.embedding.sparse:
+            rows = F.embedding(torch.arange(self.shortlist, device=weight.device), weight, sparse=True)
+        else:
+            rows = weight[: self.shortlist]
+        return torch.cat([rows, self.cluster_weight])
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight())
@@ -176,7 +185,7 @@ class LanguageModel(nn.Module):
         """ids (T, B) → features; with `targets` (T, B) also the mean NLL. `last_only`: the
         features of the last step only, (1, B, E) (reading a prompt needs no more)."""
         cfg = self.config
-        x = embedding_dropout(self.embedding.weight, ids, cfg.dropout_embedding, self.training)
+        x = embedding_dropout(self.embedding.weight, ids, cfg.dropout_embedding, self.training, self.embedding.sparse)
         x = locked_dropout(x, cfg.dropout_input, self.training)
         keep = (ids != cfg.eos_id).unsqueeze(-1).to(x.dtype) if cfg.reset_at_eos else None
         y, state, traces = self.lstm(x, state, record, keep)

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from arlm import batching, checkpoint, cli, config
+from arlm import batching, checkpoint, cli, config, optim
 from arlm.config import TrainConfig
 from arlm.corpus import available_cards, prepare
 from arlm.model import LanguageModel, ModelConfig, load_vectors
@@ -87,6 +87,7 @@ def load_config(argv: list[str] | None) -> TrainConfig:
             parser.error(f"--resume: {e}")
         known = {leaf.name for leaf in config.leaves(defaults)}
         values.update({k: v for k, v in run.items() if k in known})  # a setting since removed is dropped
+        values.setdefault("embedding_update", "dense")  # a run saved before the option trained dense
         values["out"] = args["resume"]  # continue in place (a moved run writes where it now is)
     for config_file in config_files:
         try:
@@ -278,6 +279,13 @@ class Trainer:
         self.model = LanguageModel(model_config).to(self.device)
         if cfg.model.vectors and not cfg.resume:  # a resumed run has its trained embeddings
             self._load_vectors()
+        # Row-wise embedding updates (arlm/optim.py) need a sparse embedding gradient: not with a
+        # full softmax tied to the embedding (its gradient is dense anyway), nor under DDP
+        # (its buckets all-reduce dense gradients).
+        tied_full = self.model.decoder is not None and self.model.decoder.weight is self.model.embedding.weight
+        self.row_updates = (cfg.optim.optimizer == "adamw" and cfg.optim.embedding_update == "rows"
+                            and self.world == 1 and not tied_full)
+        self.model.embedding.sparse = self.row_updates
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -303,7 +311,8 @@ class Trainer:
         # tensor: AdamW's step at a 50k vocabulary goes from ~60 ms to ~8 ms on 2 cores.
         fused = {"fused": True} if all(p.dtype == torch.float32 for p in params) else {}
         if kind == "adamw":
-            return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay, **fused)
+            adamw = optim.RowAdamW if self.row_updates else torch.optim.AdamW
+            return adamw(params, lr=opt.lr, weight_decay=opt.weight_decay, **fused)
         if kind == "asgd":
             return torch.optim.ASGD(params, lr=opt.lr, t0=0, lambd=0.0, weight_decay=opt.weight_decay)
         # sgd; ntasgd starts as SGD and switches to ASGD (kind "asgd") when valid stalls
@@ -601,7 +610,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
+                optim.clip_grad_norm(model.parameters(), cfg.optim.clip)
             self.optimizer.step()
             self.state = detach(out.state)
             self.pos += x.shape[0]

@@ -7,6 +7,7 @@
     python scripts/benchmark.py autocomplete --checkpoint runs/hadith --subword runs/hadith-sp   # KSR, latency
     python scripts/benchmark.py quality --minutes 30 [-- arlm.train flags]   # SaudiNewsNet: arlm vs Kneser-Ney 3/5-gram
     python scripts/benchmark.py reference --minutes 30   # the word_language_model setup on the same tokens
+    python scripts/benchmark.py peer --minutes 30 --peer 4x256:1e-3 4x256:2e-3   # the transformer peer, same tokens
     python scripts/benchmark.py memory          # peak RSS of training on 1x and 10x a corpus (memory-mapped)
     python scripts/benchmark.py cache           # token cache of a 1 GB text file: time, peak memory
     python scripts/benchmark.py soak --checkpoint runs/hadith   # 1,000 requests from 4 threads
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from arlm.model import LanguageModel, ModelConfig, StackedLSTM  # noqa: E402
+from arlm.optim import RowAdamW, clip_grad_norm  # noqa: E402
 
 
 def cpu_model() -> tuple[str, str]:
@@ -139,13 +141,15 @@ def bench_e2e(args) -> dict:
     arlm_model = LanguageModel(ModelConfig(vocab_size=V, emb_size=E, hidden_size=H, num_layers=2))
     ref = LanguageModel(ModelConfig(vocab_size=V, emb_size=E, hidden_size=H, num_layers=2, softmax="full", tie_weights=False))
     torch_lstm = nn.LSTM(E, H, 2, dropout=0.2)
-    opt_a = torch.optim.AdamW(arlm_model.parameters(), lr=1e-3, fused=True)  # as arlm.train makes it
+    arlm_model.embedding.sparse = True  # as arlm.train makes it: row-wise embedding updates, fused AdamW for the rest
+    opt_a = RowAdamW(arlm_model.parameters(), lr=1e-3, fused=True)
     opt_r = torch.optim.SGD(list(ref.parameters()) + list(torch_lstm.parameters()), lr=20)
 
     def step_arlm():
         loss = arlm_model(ids[:-1], targets=ids[1:]).loss
         opt_a.zero_grad()
         loss.backward()
+        clip_grad_norm(arlm_model.parameters(), 0.25)
         opt_a.step()
 
     def step_ref():  # embedding → nn.LSTM → (projection) → full softmax, as word_language_model
@@ -156,6 +160,7 @@ def bench_e2e(args) -> dict:
         loss = ref.nll(y.reshape(-1, y.shape[-1]), ids[1:].reshape(-1)).mean()
         opt_r.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(opt_r.param_groups[0]["params"], 0.25)
         opt_r.step()
 
     t = interleaved({"arlm": step_arlm, "reference": step_ref}, args.repeats, warmup=1)
@@ -682,6 +687,45 @@ def bench_reference(args) -> dict:
     return {"rows": [row], "log": log}
 
 
+def bench_peer(args) -> dict:
+    """The transformer peer (scripts/peer.py), one run per --peer spec, on the quality
+    benchmark's token ids for the same budget on the same cores, scored on the same test
+    tokens; arlm's row from the last quality run (same --out) set beside it."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from peer import PeerConfig, perplexity, train
+
+    from arlm.corpus import prepare
+    from arlm.tokenizer import TokenizerConfig
+
+    data = prepare(args.corpus, TokenizerConfig(vocab_size=args.vocab))
+    V, eos = data.tokenizer.vocab_size, data.tokenizer.eos_id
+    train_ids, test_ids = np.asarray(data.train), np.asarray(data.test)
+    rows = []
+    quality = Path(args.out) / "quality.json"
+    if quality.exists():
+        q = json.loads(quality.read_text())
+        rows += [{"model": r["model"], "test ppl": r["test ppl"], "tokens/s": r.get("tokens/s"),
+                  "train minutes": r.get("train minutes")} for r in q["rows"]]
+    for spec in args.peer:
+        cfg, lr = PeerConfig.parse(spec, V)
+        print(f"transformer {spec}: {cfg}", flush=True)
+        model, info = train(cfg, lr, train_ids, args.minutes, batch=args.batch, max_steps=args.max_steps)
+        t = time.time()
+        ppl = perplexity(model, test_ids, eos)
+        rows.append({"model": f"transformer {cfg.layers}×{cfg.width}, {cfg.heads} heads, ctx {cfg.context}, lr {lr:g}",
+                     "parameters": info["parameters"], "test ppl": ppl, "tokens/s": info["tokens"] / info["train_seconds"],
+                     "train minutes": info["train_seconds"] / 60, "steps": info["steps"],
+                     "epochs": info["tokens"] / len(train_ids), "scoring seconds": time.time() - t})
+        print(table(rows[-1:], list(rows[-1])), flush=True)
+    kn5 = next((r["test ppl"] for r in rows if r["model"] == "Kneser-Ney 5-gram"), None)
+    for r in rows:
+        if kn5:
+            r["test / KN5"] = r["test ppl"] / kn5
+    cols = ["model", "parameters", "test ppl", "test / KN5", "tokens/s", "train minutes", "steps", "epochs"]
+    print(table(rows, cols))
+    return {"rows": rows}
+
+
 def _plot_valid_curve(log: Path, png: Path, extra: dict | None = None) -> None:
     import matplotlib
 
@@ -772,7 +816,7 @@ def compare(args, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("part", choices=["cell", "e2e", "pipeline", "inference", "autocomplete", "quality", "reference", "memory",
-                                    "cache", "soak", "export"])
+                                    "cache", "soak", "export", "peer"])
     p.add_argument("--out", default="bench", help="folder for JSON results (default: bench)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (default: 10)")
@@ -787,7 +831,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="saudinewsnet", help="pipeline/quality/memory: corpus (default: saudinewsnet)")
     p.add_argument("--max-docs", type=int, default=20000, help="pipeline: documents to process (default: 20000)")
     p.add_argument("--checkpoint", default="runs/hadith", help="inference: checkpoint (default: runs/hadith)")
-    p.add_argument("--minutes", type=float, default=30, help="quality/reference: training budget (default: 30)")
+    p.add_argument("--minutes", type=float, default=30, help="quality/reference/peer: training budget (default: 30)")
+    p.add_argument("--peer", nargs="+", default=["4x256:1e-3"],
+                   help="peer: transformer configurations, LAYERSxWIDTH:LR each (default: 4x256:1e-3)")
+    p.add_argument("--max-steps", type=int, default=0, help="peer: stop after this many steps (0: the --minutes budget only)")
     p.add_argument("--eval-minutes", type=float, default=6, help="reference: minutes between validations (default: 6)")
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")
     p.add_argument("--subword", metavar="DIR", help="autocomplete: a sentencepiece checkpoint to compare (default: none)")

@@ -344,18 +344,57 @@ def test_plain_progress_lines_when_not_a_terminal(text_corpus, tmp_path, capsys)
 LEGACY = Path(__file__).parent / "data" / "legacy"
 
 
-def test_same_seed_gives_the_old_codes_valid_perplexities(tmp_path):
+@pytest.mark.parametrize("embedding_update", ["dense", "rows"])
+def test_same_seed_gives_the_old_codes_valid_perplexities(tmp_path, embedding_update):
     """The run tests/data/make_legacy.py made with the code before the #9 redesign, rerun
-    today: the same seed must give the same trajectory (the same draws, in the same order)."""
+    today: the same seed must give the same trajectory (the same draws, in the same order).
+    The old code updated every embedding row (dense); row-wise updates (the default now)
+    differ only in the rows a window does not read, and stay on the same trajectory."""
     from conftest import arabic_documents
 
     answers = json.loads((LEGACY / "answers.json").read_text(encoding="utf-8"))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(arabic_documents(1500)) + "\n", encoding="utf-8")
     out = tmp_path / "run"
-    assert main(["--corpus", str(corpus), "--out", str(out), *answers["train_args"]]) == 0
+    assert main(["--corpus", str(corpus), "--out", str(out), *answers["train_args"],
+                 "--embedding-update", embedding_update]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["valid_ppl"] for r in log] == pytest.approx(answers["valid_ppl"], rel=1e-3)
+
+
+def _trainer(corpus, out, *extra) -> Trainer:
+    trainer = Trainer(load_config(["--corpus", str(corpus), "--out", str(out), *TINY, *extra]))
+    trainer.setup()
+    return trainer
+
+
+@pytest.mark.parametrize("extra, rows", [((), True), (("--embedding-update", "dense"), False),
+                                         (("--optimizer", "sgd"), False),
+                                         (("--softmax", "full"), False),  # tied to the embedding: dense anyway
+                                         (("--softmax", "full", "--tie-weights", "false"), True)])
+def test_row_wise_embedding_updates_where_they_apply(text_corpus, tmp_path, extra, rows):
+    from arlm.optim import RowAdamW
+
+    trainer = _trainer(text_corpus, tmp_path / "run", *extra)
+    try:
+        assert trainer.model.embedding.sparse is rows
+        assert isinstance(trainer.optimizer, RowAdamW) is rows
+        x = torch.randint(0, trainer.model.config.vocab_size, (10, 4))
+        trainer.model(x, targets=x).loss.backward()
+        assert trainer.model.embedding.weight.grad.is_sparse is rows
+    finally:
+        trainer.close()
+
+
+def test_a_run_saved_before_row_wise_updates_resumes_with_dense_ones(text_corpus, tmp_path):
+    out = tmp_path / "old"
+    assert run(text_corpus, out, "--max-steps", "5") == 0
+    path = out / "latest" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["run"]["embedding_update"]
+    path.write_text(json.dumps(saved))
+    assert load_config(["--resume", str(out)]).optim.embedding_update == "dense"
+    assert main(["--resume", str(out), "--max-steps", "8"]) == 0
 
 
 def test_a_run_saved_before_the_new_options_existed_resumes(text_corpus, tmp_path):
