@@ -307,7 +307,7 @@ class TrainConfig:
     variable_bptt: bool = option(False, "randomize window lengths as in AWD-LSTM")
     epochs: int = option(20, "passes over the training data", **POSITIVE)
     max_steps: int = option(0, "stop after this many steps (0: no limit)", low=0)
-    time_budget: float = option(8.0, "stop after this many minutes of training, evaluations not counted, over the "
+    time_budget: float = option(5.0, "stop after this many minutes of training, evaluations not counted, over the "
                                      "whole run (a resumed run finishes the budget; pass a larger one to extend it) "
                                      "(0: no limit)", low=0)
     eval_interval: int = option(400, "steps between validation runs (0: at the end of each epoch)", low=0)
