@@ -709,10 +709,12 @@ def bench_peer(args) -> dict:
     for spec in args.peer:
         cfg, lr = PeerConfig.parse(spec, V)
         print(f"transformer {spec}: {cfg}", flush=True)
-        model, info = train(cfg, lr, train_ids, args.minutes, batch=args.batch, max_steps=args.max_steps)
+        model, info = train(cfg, lr, train_ids, args.minutes, batch=args.peer_batch, warmup=args.peer_warmup,
+                            max_steps=args.max_steps)
         t = time.time()
         ppl = perplexity(model, test_ids, eos)
-        rows.append({"model": f"transformer {cfg.layers}×{cfg.width}, {cfg.heads} heads, ctx {cfg.context}, lr {lr:g}",
+        rows.append({"model": f"transformer {cfg.layers}×{cfg.width}, {cfg.heads} heads, ctx {cfg.context}, "
+                              f"batch {args.peer_batch}, lr {lr:g}",
                      "parameters": info["parameters"], "test ppl": ppl, "tokens/s": info["tokens"] / info["train_seconds"],
                      "train minutes": info["train_seconds"] / 60, "steps": info["steps"],
                      "epochs": info["tokens"] / len(train_ids), "scoring seconds": time.time() - t})
@@ -834,6 +836,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=30, help="quality/reference/peer: training budget (default: 30)")
     p.add_argument("--peer", nargs="+", default=["4x256:1e-3"],
                    help="peer: transformer configurations, LAYERSxWIDTH:LR each (default: 4x256:1e-3)")
+    p.add_argument("--peer-batch", type=int, default=8,
+                   help="peer: sequences of its context per step (default: 8, ~1,000 tokens a step, as arlm's 32 × 35)")
+    p.add_argument("--peer-warmup", type=int, default=100, help="peer: warm-up steps (default: 100)")
     p.add_argument("--max-steps", type=int, default=0, help="peer: stop after this many steps (0: the --minutes budget only)")
     p.add_argument("--eval-minutes", type=float, default=6, help="reference: minutes between validations (default: 6)")
     p.add_argument("--steps", type=int, default=200, help="memory: training steps per run (default: 200)")

@@ -7,13 +7,14 @@ embeddings — trained with AdamW under the same warmup-stable-decay schedule (`
 clock-paced) on exactly the token ids arlm trains on, and scored on every test token.
 
 Training reads the train split as `batch` contiguous streams, like arlm, in windows of
-`context` tokens; a window is one sequence (attention does not reach into the window
+`context` tokens (8 × 128 by default: about the tokens of arlm's 32 × 35 step, so both take
+about as many optimizer steps per token); a window is one sequence (attention does not reach into the window
 before, where the LSTM carries its state on). Scoring walks the test stream in windows of
 `context` tokens overlapping by half, each token scored once, with at least half a
 context before it (the first window's tokens with what precedes them), the stream read
 from an end-of-document token as arlm reads it.
 
-    python scripts/benchmark.py peer --minutes 30 --peer 4x256:1e-3 4x384:6e-4 6x256:1e-3
+    python scripts/benchmark.py peer --minutes 10 --peer 4x256:1e-3 4x256:2e-3 2x256:2e-3
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def score(model: Peer, ids: np.ndarray, start_id: int, batch: int = 16) -> tuple
     return total, counted
 
 
-def train(cfg: PeerConfig, lr: float, train_ids: np.ndarray, minutes: float, batch: int = 32, warmup: int = 200,
+def train(cfg: PeerConfig, lr: float, train_ids: np.ndarray, minutes: float, batch: int = 8, warmup: int = 100,
           decay_start: float = 0.85, weight_decay: float = 0.01, clip: float = 0.25, seed: int = 1111,
           max_steps: int = 0, log=print) -> tuple[Peer, dict]:
     """Train under a wall-clock budget (or `max_steps`), the rate from arlm's own schedule."""
