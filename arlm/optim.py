@@ -1,7 +1,7 @@
 """AdamW that updates only the embedding rows a window reads, and clipping that knows it.
 
 At a 50k vocabulary the embedding is most of the model (50,000 × 256 = 12.8 M of the §5
-model's ~14 M parameters), yet a window of 35 × 32 tokens reads at most 1,120 of its rows
+model's 15.7 M parameters), yet a window of 35 × 32 tokens reads at most 1,120 of its rows
 plus the adaptive softmax's shortlist. A dense gradient makes every step pay for all
 50,000 rows several times over: zero-filling the gradient, adding the two tied uses into
 it, its norm for clipping, and AdamW's read-modify-write of weights and both moments.

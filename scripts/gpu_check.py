@@ -7,7 +7,9 @@
 1. Equality, float32 with TF32 off, to 1e-4 (|a - b| <= 1e-4 + 1e-4 |b|): a StackedLSTM window
    (outputs, final states, every gradient) and a small LanguageModel's loss gradients, on the
    device against the CPU's C paths; then the loss curve of the same model trained for 50 SGD
-   steps on random Zipf ids, on the CPU and on the device from the same seed (relative 1e-4).
+   steps on random Zipf ids, on the CPU and on the device from the same seed (relative 1e-4),
+   and for 50 steps of what arlm.train runs by default (fused AdamW, row-wise embedding
+   updates from a sparse gradient, arlm/optim.py).
 2. Train-step time (forward, backward, SGD step) of the hand-written stack against cuDNN's
    nn.LSTM: hidden 256/512/1024, seq 35, batch 32, 2 layers, timed interleaved.
 3. Generation: arlm.inference.FrozenModel on the device stepping tokens: its log-probs against
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from arlm.fast import build  # noqa: E402
 from arlm.inference import FrozenModel  # noqa: E402
 from arlm.model import LanguageModel, ModelConfig, StackedLSTM  # noqa: E402
+from arlm.optim import RowAdamW, clip_grad_norm  # noqa: E402
 
 ATOL = RTOL = 1e-4
 
@@ -179,9 +182,16 @@ def check_lm_gradients(device: torch.device, cfg: ModelConfig, T: int, B: int) -
     return out
 
 
-def train_curve(model: LanguageModel, data: torch.Tensor, T: int, steps: int, device: torch.device) -> list[float]:
-    """`steps` SGD steps over consecutive windows, the state carried (and cut) between them."""
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+def train_curve(model: LanguageModel, data: torch.Tensor, T: int, steps: int, device: torch.device,
+                rows: bool = False) -> list[float]:
+    """`steps` optimizer steps over consecutive windows, the state carried (and cut) between
+    them: SGD, or (`rows`) what arlm.train runs by default — fused AdamW with row-wise
+    embedding updates from a sparse embedding gradient (arlm/optim.py)."""
+    if rows:
+        model.embedding.sparse = True
+        opt = RowAdamW(model.parameters(), lr=3e-3, fused=True)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
     data = data.to(device)
     state, losses = None, []
     for s in range(steps):
@@ -189,23 +199,24 @@ def train_curve(model: LanguageModel, data: torch.Tensor, T: int, steps: int, de
         out = model(inp, state, targets=tgt)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        clip_grad_norm(model.parameters(), 0.5)
         opt.step()
         state = tuple(t.detach() for t in out.state)
         losses.append(out.loss.item())
     return losses
 
 
-def check_training(device: torch.device, cfg: ModelConfig, T: int, B: int, steps: int) -> dict:
+def check_training(device: torch.device, cfg: ModelConfig, T: int, B: int, steps: int, rows: bool = False) -> dict:
     torch.manual_seed(2)
     ref = LanguageModel(cfg).train()
     dut = copy.deepcopy(ref).to(device)
     data = zipf_ids(cfg.vocab_size, steps * T + 1, B, seed=2)
-    want = train_curve(ref, data, T, steps, torch.device("cpu"))
+    want = train_curve(ref, data, T, steps, torch.device("cpu"), rows)
     with device_side(device):
-        got = train_curve(dut, data, T, steps, device)
+        got = train_curve(dut, data, T, steps, device, rows)
     rel = max(abs(a - b) / abs(b) for a, b in zip(got, want))
-    return {"name": f"training loss curve, {steps} SGD steps (T={T}, B={B}, hidden {cfg.hidden_size})",
+    kind = "AdamW steps with row-wise embedding updates" if rows else "SGD steps"
+    return {"name": f"training loss curve, {steps} {kind} (T={T}, B={B}, hidden {cfg.hidden_size})",
             "ok": rel <= RTOL, "max_rel": rel, "cpu": want, "device": got,
             "detail": f"max rel diff {rel:.1e}  (loss {want[0]:.3f} -> {want[-1]:.3f})"}
 
@@ -362,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     T, B = (12, 4) if q else (35, 16)
     show(check_lm_gradients(device, lm_cfg, T, B))
     show(check_training(device, lm_cfg, T, B, steps))
+    show(check_training(device, lm_cfg, T, B, steps, rows=True))
 
     # 2. throughput
     hiddens = [128] if q else [256, 512, 1024]

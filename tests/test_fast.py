@@ -311,7 +311,7 @@ def test_gpu_check_script_runs_its_cpu_smoke_mode(tmp_path, capsys):
         out = tmp_path / "report.json"
         assert gpu_check.main(["--device", "cpu", "--quick", "--steps", "4", "--out", str(out)]) == 0
         report = json.loads(out.read_text())
-        assert report["ok"] and len(report["checks"]) == 5 and all(c["ok"] for c in report["checks"])
+        assert report["ok"] and len(report["checks"]) == 6 and all(c["ok"] for c in report["checks"])
         assert report["throughput"][0]["ours_ms"] > 0 and report["generation"][0]["device_tok_s"] > 0
         assert "ALL PASSED" in capsys.readouterr().out
         assert kernel.load() is not None  # the C step is back on after the torch-ops side ran
