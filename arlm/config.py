@@ -273,9 +273,10 @@ class OptimConfig:
     warmup: int = option(0, "steps over which the learning rate rises linearly from 0 to --lr (0: none)", low=0)
     embedding_update: str = option("rows", "AdamW: update only the embedding rows each window reads (lazy "
                                            "row-wise AdamW, arlm/optim.py: a row not read keeps its weights and "
-                                           "moments; several times cheaper at a large vocabulary), or every row "
-                                           "(dense AdamW); the two agree when every row is read. Rows needs a single "
-                                           "process and no full softmax tied to the embedding; otherwise dense",
+                                           "moments; at a large vocabulary a cheaper step and a better model per "
+                                           "minute), or every row (dense AdamW); the two agree when every row is "
+                                           "read. Rows needs a single process and no full softmax tied to the "
+                                           "embedding; otherwise dense",
                                    choices=("rows", "dense"))
     weight_decay: float = option(0.01, "decoupled weight decay (AdamW) or L2 (SGD)", low=0)
     clip: float = option(0.25, "clip the global gradient norm to this (0: no clipping)", low=0)
