@@ -109,11 +109,12 @@ def walk(path, ids):
     return [np.stack([s[k] for s in steps]) for k in range(4)]
 
 
-def assert_close(a, b, atol=1e-5):
+def assert_close(a, b, atol=1e-5, rtol=0.0):
+    """|a − b| ≤ atol + rtol·|b| everywhere."""
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape, (a.shape, b.shape)
-    worst = float(np.abs(a - b).max())
-    assert worst <= atol, worst
+    excess = float((np.abs(a - b) - (atol + rtol * np.abs(b))).max())
+    assert excess <= 0, f"worst |a - b| {float(np.abs(a - b).max()):.3g}, over the tolerance by {excess:.3g}"
 
 
 # --- the step equals the engine ---------------------------------------------------------
@@ -128,7 +129,10 @@ def test_onnx_step_gives_the_engines_log_probs_states_and_gates(exported, kind):
         out = engine(torch.tensor(ids).view(-1, 1), record=True)
         ref = engine.log_probs(out.features[:, 0]).numpy()
     assert log_probs.shape == (50, engine.config.vocab_size)
-    assert_close(log_probs, ref)
+    # 1e-5, plus float32's own relative precision (torch.testing's rtol for float32) for the
+    # log-probabilities of very unlikely words: onnxruntime's AVX2 kernels differ from torch's
+    # by 1.1e-5 at −52 (3 ulps there), by at most 2.1e-6 where |log p| < 5.
+    assert_close(log_probs, ref, rtol=1.3e-6)
     np.testing.assert_allclose(np.exp(log_probs).sum(1), 1.0, atol=1e-5)  # the whole vocabulary
     for k, trace in enumerate(out.traces):
         assert_close(h[:, k, 0], trace.h[:, 0])
@@ -234,8 +238,9 @@ def test_int8_copy_loads_and_keeps_the_top5_next_words(exported, tmp_path):
     top_q = np.argsort(-q, 1)[:, :5]
     share = np.mean([set(a) == set(b) for a, b in zip(top_ref.tolist(), top_q.tolist())])
     top1 = np.mean(top_ref[:, 0] == top_q[:, 0])
-    # Measured here: the same five next words at 98.2% of these 227 positions, the same first
-    # at 100% (the default hadith model: 94.0% and 98.8% over 16,463 test tokens).
+    # Measured: the same five next words at 92.5% of these 227 positions and the same first at
+    # 100% on an AVX2 CPU (7-bit weights, see quantize_int8; with 8-bit ones a CPU with VNNI
+    # gave 98.2%, but one without it 50%: its u8 × s8 products saturate).
     assert share >= 0.8, share
     assert top1 >= 0.9, top1
     targets = ids[1:] + [tok.eos_id]
