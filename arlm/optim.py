@@ -15,9 +15,9 @@ decay on those rows. A row that is not read keeps its weights and both moments; 
 would still move it a little (by the momentum it carries, and the weight decay). That is
 the one difference, and it vanishes when every row is read: then the result is dense
 AdamW's (tested). Why lazy rather than exact: an exact catch-up of a skipped row has no
-closed form (ε inside the square root's denominator, a rate that changes every step), and
-in practice lazy updates of embeddings train as well (the rows a rare word is not in
-receive no gradient, so the only thing skipped is the echo of an old one).
+closed form (ε inside the square root's denominator, a rate that changes every step). What
+is skipped is the echo of an old gradient: per step, lazy updates learn rare words a little
+more slowly early on; per minute they win, because each step is cheaper (BENCHMARKS §8).
 
 The state has AdamW's own layout (`step`, `exp_avg`, `exp_avg_sq` per parameter), so a
 checkpoint saved by dense AdamW resumes under `RowAdamW` and back.
