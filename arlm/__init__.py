@@ -8,9 +8,11 @@
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "cpu", weights: str = "float32"):
+def load(path, device: str = "cpu", weights: str = "float32", ngram: bool | None = None):
     """Load a trained model for prediction, generation and gate inspection (see arlm.generate).
-    weights="int8" or "float16" decodes faster on a CPU (see arlm.generate.load)."""
+    weights="int8" or "float16" decodes faster on a CPU; ngram: mix in the n-gram saved
+    beside the weights by `python -m arlm.ngram --mix` (None: when it is there; see
+    arlm.generate.load)."""
     from arlm.generate import load as _load
 
-    return _load(path, device, weights)
+    return _load(path, device, weights, ngram)

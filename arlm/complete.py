@@ -158,14 +158,16 @@ class Completer:
                 for q, j in zip(top.values.tolist(), top.indices.tolist())]
 
     def from_pieces(self, log_probs: Tensor, state, prefix: str, k: int, punctuation: bool = False,
-                    numbers: bool = False) -> list[Suggestion]:
+                    numbers: bool = False, history: list[int] | None = None) -> list[Suggestion]:
         """Whole words assembled from subword pieces by beam search (subword models).
 
         A hypothesis is a run of pieces, the first starting a word; it is extended while its
         text is compatible with the prefix (one is a prefix of the other) and ends when the
         next piece would start a new word (or the text ends): its probability is then the
-        product over its pieces and that boundary."""
+        product over its pieces and that boundary. `history`: the ids read before
+        (for a mixed-in n-gram, which needs the pieces before each hypothesis)."""
         engine = self.predictor.engine
+        history = history or []
         allowed = self.masks[(punctuation, numbers)]
         lp = log_probs.unsqueeze(0).cpu()                # (beams, V)
         beams: list[tuple[list[int], str]] = [([], "")]
@@ -208,7 +210,7 @@ class Completer:
             pick = torch.tensor(origins)
             state = (state[0].index_select(1, pick), state[1].index_select(1, pick))
             lp, state = engine.step(torch.tensor([ids[-1] for ids, _ in beams]), state)
-            lp = lp.cpu()
+            lp = self.predictor._mix(lp, [history + ids for ids, _ in beams]).cpu()
         else:  # the deepest hypotheses end here
             end_words()
         if not finished:
@@ -235,6 +237,7 @@ class TypingSession:
         # ids read so far ([eos] first) and, after each, (log-probs of the next token, state)
         start = predictor.tokenizer.eos_id
         log_probs, state = predictor.engine.step(torch.tensor([start]), None)
+        log_probs = predictor._mix(log_probs, [[start]])
         self.steps += 1
         self._ids: list[int] = [start]
         self._after: list[tuple[Tensor, tuple[Tensor, Tensor]]] = [(log_probs[0], state)]
@@ -257,11 +260,13 @@ class TypingSession:
             log_probs, state = self.predictor.engine.step(torch.tensor([token]), self._after[-1][1])
             self.steps += 1
             self._ids.append(token)
+            log_probs = self.predictor._mix(log_probs, [self._ids])
             self._after.append((log_probs[0], state))
         entry = self._after[-1]
         log_probs, state = entry
         if self.completer.subword:
-            return self.predictor._suggest(log_probs, state, split.prefix, self.k, self.punctuation, self.numbers)
+            return self.predictor._suggest(log_probs, state, split.prefix, self.k, self.punctuation, self.numbers,
+                                           self._ids)
         if self._probs is None or self._probs[0] is not entry:  # the state itself, not its position
             self._probs = (entry, log_probs.exp().cpu())
         with torch.inference_mode():

@@ -33,6 +33,7 @@ import os
 import sys
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,7 +41,8 @@ from arlm import checkpoint, cli
 from arlm.complete import Completer, Suggestion, TypingSession, check_k
 from arlm.inference import WEIGHTS, FrozenModel
 from arlm.model import LanguageModel, State
-from arlm.tokenizer import BOS, EOS, PAD, UNK
+from arlm.ngram import MIX_FILE, Mixture
+from arlm.tokenizer import BOS, EOS, PAD, UNK, fingerprint
 
 # Tokens read per forward pass. The LSTM walks token by token either way; the chunks only
 # bound the memory a very long prompt or text needs (gates, and V logits per scored token).
@@ -132,9 +134,13 @@ class Predictor:
     answers: build a new Predictor for new weights.
     """
 
-    def __init__(self, model: LanguageModel, tokenizer, config: dict | None = None, weights: str = "float32"):
+    def __init__(self, model: LanguageModel, tokenizer, config: dict | None = None, weights: str = "float32",
+                 ngram: Mixture | None = None):
         if tokenizer.vocab_size != model.config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model {model.config.vocab_size}")
+        if ngram is not None and ngram.ngram.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"the n-gram has {ngram.ngram.vocab_size} tokens but the model {tokenizer.vocab_size}")
+        self.ngram = ngram
         self.model = model.eval()
         self.engine = FrozenModel(model, weights)
         self.tokenizer = tokenizer
@@ -160,7 +166,8 @@ class Predictor:
         c = self.model.config
         return (f"Predictor(vocab={c.vocab_size}, layers={c.num_layers}, hidden={c.hidden_size}, "
                 f"softmax={'adaptive' if c.uses_adaptive else 'full'}, weights={self.engine.weights}, "
-                f"device={self.device})")
+                + (f"ngram={self.ngram.ngram.order}-gram at {self.ngram.weight:.3f}, " if self.ngram else "")
+                + f"device={self.device})")
 
     # --- reading text ------------------------------------------------------------------
 
@@ -183,9 +190,23 @@ class Predictor:
 
     def _read(self, prompt: str) -> tuple[Tensor, State]:
         """(log-probabilities of the next token (V,), state (L, 1, H)) after reading the prompt."""
-        for features, state in self._walk(self._ids(prompt), last_only=True):
+        return self._read_ids(self._ids(prompt))
+
+    def _read_ids(self, ids: list[int]) -> tuple[Tensor, State]:
+        for features, state in self._walk(ids, last_only=True):
             pass
-        return self.engine.log_probs(features[-1]), state
+        return self._mix(self.engine.log_probs(features[-1]), [ids]), state
+
+    def _mix(self, log_probs: Tensor, histories: Sequence[Sequence[int]]) -> Tensor:
+        """The next-token log-probabilities (B, V) or (V,) after each history (the ids read,
+        [eos] first), with the n-gram mixed in when the Predictor has one:
+        log((1 - w) P_model + w P_ngram). Without one, log_probs itself."""
+        if self.ngram is None:
+            return log_probs
+        w = self.ngram.weight
+        p = torch.from_numpy(self.ngram.distributions(histories)).to(log_probs.device)
+        mixed = torch.logaddexp(log_probs.view(len(histories), -1).double() + _log(1 - w), p.log() + _log(w))
+        return mixed.to(log_probs.dtype).view(log_probs.shape)
 
     def _token(self, i: int) -> str:
         return self._special_names.get(i) or self.tokenizer.id_to_token(i)
@@ -250,15 +271,16 @@ class Predictor:
         from pieces (see arlm/complete.py)."""
         check_k(k)
         split = self.completer.split(text)
+        ids = self._ids(split.context)
         with torch.inference_mode():
-            log_probs, state = self._read(split.context)
-            return self._suggest(log_probs, state, split.prefix, k, punctuation, numbers)
+            log_probs, state = self._read_ids(ids)
+            return self._suggest(log_probs, state, split.prefix, k, punctuation, numbers, ids)
 
     def _suggest(self, log_probs: Tensor, state: State, prefix: str, k: int, punctuation: bool,
-                 numbers: bool) -> list[Suggestion]:
+                 numbers: bool, history: list[int]) -> list[Suggestion]:
         with torch.inference_mode():
             if self.completer.subword:
-                return self.completer.from_pieces(log_probs, state, prefix, k, punctuation, numbers)
+                return self.completer.from_pieces(log_probs, state, prefix, k, punctuation, numbers, history)
             return self.completer.from_distribution(log_probs, prefix, k, punctuation, numbers)
 
     def session(self, k: int = 5, punctuation: bool = False, numbers: bool = False) -> TypingSession:
@@ -310,7 +332,8 @@ class Predictor:
         banned = self._banned(allow_unk)
         out: list[list[int]] = [[] for _ in prompts]
         with torch.inference_mode():
-            reads = [self._read(p) for p in prompts]
+            histories = [self._ids(p) for p in prompts]
+            reads = [self._read_ids(h) for h in histories]
             log_probs = torch.stack([lp for lp, _ in reads])                         # (B, V)
             state = tuple(torch.cat([s[j] for _, s in reads], dim=1) for j in (0, 1))  # (L, B, H)
             done = [False] * len(prompts)
@@ -326,6 +349,8 @@ class Predictor:
                 if all(done) or t + 1 == max_new_tokens:
                     break
                 log_probs, state = self.engine.step(next_ids, state)
+                if self.ngram is not None:  # out[b] ends with the token just read (a finished row's no longer matters)
+                    log_probs = self._mix(log_probs, [h + o for h, o in zip(histories, out)])
         return out
 
     def _choose(self, log_probs: Tensor, banned: Tensor, temperature: float, top_k: int | None,
@@ -371,7 +396,8 @@ class Predictor:
         banned = self._banned(allow_unk)
         finished: list[tuple[list[int], float]] = []  # (ids, total log-prob)
         with torch.inference_mode():
-            log_probs, state = self._read(prompt)
+            history = self._ids(prompt)
+            log_probs, state = self._read_ids(history)
             log_probs = log_probs.unsqueeze(0)           # (live beams, V)
             beams: list[list[int]] = [[]]                 # the live beams' new ids
             totals = torch.zeros(1, device=self.device)  # their total log-probabilities
@@ -396,6 +422,7 @@ class Predictor:
                 state = (state[0].index_select(1, pick), state[1].index_select(1, pick))
                 last = torch.tensor([ids[-1] for ids in beams], device=self.device)
                 log_probs, state = self.engine.step(last, state)
+                log_probs = self._mix(log_probs, [history + ids for ids in beams])
             finished += zip(beams, totals.tolist())  # still open after max_new_tokens: as they are
 
         def score(total: float, length: int) -> float:
@@ -407,6 +434,26 @@ class Predictor:
 
     # --- scoring -----------------------------------------------------------------------
 
+    def score_ids(self, ids: Sequence[int]) -> list[float]:
+        """log P(ids[j] | [eos] + ids[:j]) for every j: the model reads a document from its
+        start, as in training (ids are usually a document's and its closing eos). With an
+        n-gram mixed in, the mixture's log-probabilities."""
+        targets = [int(t) for t in ids]
+        if not targets:
+            return []
+        read = [self.tokenizer.eos_id] + targets[:-1]
+        with torch.inference_mode():
+            chunks = []
+            for start, (features, _) in zip(range(0, len(read), READ_CHUNK), self._walk(read)):
+                y = torch.tensor(targets[start:start + READ_CHUNK], dtype=torch.long, device=self.device)
+                chunks.append(-self.engine.nll(features, y))
+            log_probs = torch.cat(chunks).double()
+        if self.ngram is not None:
+            w = self.ngram.weight
+            p = torch.from_numpy(self.ngram.ngram.token_probs(np.asarray(targets, dtype=np.int64)))
+            log_probs = torch.logaddexp(log_probs.cpu() + _log(1 - w), p.log() + _log(w))
+        return log_probs.tolist()
+
     def score(self, text: str) -> dict:
         """How likely the model finds `text` as a whole document, measured as training does:
         from the start-of-document state, every token and the closing <eos> is predicted.
@@ -416,12 +463,7 @@ class Predictor:
         Natural logarithms; words outside the vocabulary are scored as <unk>."""
         ids = self._ids(text)
         targets = ids[1:] + [self.tokenizer.eos_id]
-        with torch.inference_mode():
-            chunks = []
-            for start, (features, _) in zip(range(0, len(ids), READ_CHUNK), self._walk(ids)):
-                y = torch.tensor(targets[start:start + READ_CHUNK], dtype=torch.long, device=self.device)
-                chunks.append(-self.engine.nll(features, y))
-            log_probs = torch.cat(chunks).tolist()
+        log_probs = self.score_ids(targets)
         total = math.fsum(log_probs)
         mean_nll = -total / len(targets)
         return {
@@ -432,16 +474,42 @@ class Predictor:
         }
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "float32") -> Predictor:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "float32",
+         ngram: bool | None = None) -> Predictor:
     """A Predictor from a model directory, or a run directory (its best/, else latest/).
 
     `weights`: "float32" (default, exactly the trained numbers), or "float16" / "int8"
     copies for faster CPU inference (log-probabilities within ~1e-3 / ~1e-1 of float32;
-    perplexity changes by <0.05%, see BENCHMARKS.md)."""
+    perplexity changes by <0.05%, see BENCHMARKS.md).
+
+    `ngram`: whether to mix in the Kneser-Ney n-gram that `python -m arlm.ngram --mix DIR`
+    saved beside the weights (ngram.npz, with its weight fitted on valid). None (default):
+    when the file is there; True: it must be; False: never (the LSTM alone)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    if ngram not in (None, True, False):
+        raise ValueError(f"ngram must be None, True or False, got {ngram!r}")
     model, tokenizer, config = checkpoint.load(path, check_device(device))
-    return Predictor(model, tokenizer, config, weights)
+    mixture = None
+    mix_file = checkpoint.model_dir(path) / MIX_FILE
+    if ngram is True and not mix_file.is_file():
+        raise checkpoint.CheckpointError(f"{mix_file}: missing; make it with python -m arlm.ngram --mix {path}")
+    if ngram is not False and mix_file.is_file():
+        try:
+            mixture = Mixture.load(mix_file)
+        except ValueError as e:
+            raise checkpoint.CheckpointError(str(e)) from None
+        recorded = mixture.meta.get("tokenizer_fingerprint")
+        if recorded != fingerprint(tokenizer):
+            raise checkpoint.CheckpointError(
+                f"{mix_file}: fitted with another tokenizer than this model's; refit it with "
+                f"python -m arlm.ngram --mix {path}, or load with ngram=False (--ngram off)")
+    return Predictor(model, tokenizer, config, weights, mixture)
+
+
+def _log(x: float) -> float:
+    """log x, with log 0 = -inf (a mixing weight of 0 or 1)."""
+    return math.log(x) if x > 0 else -math.inf
 
 
 # --- command line -------------------------------------------------------------------
@@ -523,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default="float32", choices=WEIGHTS,
                         help="precision of the weights read on a CPU: float32 (exact), float16 or int8 "
                              "(2-3x faster decoding, perplexity within 0.05%%; default: float32)")
+    parser.add_argument("--ngram", default="auto", choices=["auto", "on", "off"],
+                        help="mix in the Kneser-Ney n-gram saved beside the weights by python -m arlm.ngram --mix "
+                             "(ngram.npz): auto uses it when it is there, on requires it, off reads the LSTM alone "
+                             "(default: auto)")
     return parser
 
 
@@ -639,7 +711,7 @@ def _run(args: argparse.Namespace) -> int:
             prompts = [line.strip() for line in f if line.strip()]
     elif not args.interactive:
         prompts = [args.complete if args.complete else args.prompt]
-    lm = load(args.checkpoint, args.device, args.weights)
+    lm = load(args.checkpoint, args.device, args.weights, {"auto": None, "on": True, "off": False}[args.ngram])
     if args.interactive:
         if args.complete is not None and sys.stdin.isatty() and sys.stdout.isatty():
             _type_live(lm, args)

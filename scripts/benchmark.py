@@ -498,16 +498,25 @@ def bench_autocomplete(args) -> dict:
     from arlm.corpus import documents, resolve
     from arlm.ngram import KneserNey
 
+    from arlm.checkpoint import model_dir
+    from arlm.ngram import MIX_FILE
+
     torch.set_num_threads(1)
-    word = arlm.load(args.checkpoint)
+    word = arlm.load(args.checkpoint, ngram=False)
     corpus = word.config["run"]["corpus"]
     splits = documents(resolve(corpus))
     test_docs = splits["test"][: args.max_docs or 200]
     typed = [word.tokenizer.tokenize(d) for d in test_docs]
-    typists = [_Typist("arlm word", word)]
-    sub = arlm.load(args.subword) if args.subword else None
+    sub = arlm.load(args.subword, ngram=False) if args.subword else None
+    # each model alone, and with the n-gram `python -m arlm.ngram --mix` saved beside it
+    models = [("arlm word", word)]
+    if (model_dir(args.checkpoint) / MIX_FILE).is_file():
+        models.append(("arlm word + n-gram", arlm.load(args.checkpoint, ngram=True)))
     if sub is not None:
-        typists.append(_Typist("arlm subword", sub))
+        models.append(("arlm subword", sub))
+        if (model_dir(args.subword) / MIX_FILE).is_file():
+            models.append(("arlm subword + n-gram", arlm.load(args.subword, ngram=True)))
+    typists = [_Typist(name, lm) for name, lm in models]
     # Kneser-Ney 5-gram and word frequencies, over the word model's vocabulary and train split
     train_ids = np.concatenate([np.asarray(word.tokenizer.encode(d) + [word.tokenizer.eos_id]) for d in splits["train"]])
     kn = KneserNey(5, word.vocab_size, word.tokenizer.eos_id).fit(train_ids)
@@ -522,7 +531,7 @@ def bench_autocomplete(args) -> dict:
     for typist in typists if "ksr" in args.measures else []:
         t = time.perf_counter()
         row = _simulate(typist, typed)
-        row["suggestable words"] = 1.0 if typist.name == "arlm subword" else vocab_share
+        row["suggestable words"] = 1.0 if typist.name.startswith("arlm subword") else vocab_share
         row["seconds"] = time.perf_counter() - t
         rows.append(row)
     if rows:
@@ -530,8 +539,8 @@ def bench_autocomplete(args) -> dict:
     # word-level perplexity: the same whitespace words for every tokenizer
     ppl_rows = []
     unk_mask = None
-    for name, lm in (("arlm word", word), ("arlm subword", sub)):
-        if lm is None or "ppl" not in args.measures:
+    for name, lm in models:
+        if "ppl" not in args.measures:
             continue
         nll, unk = [], []
         for d in test_docs:
@@ -549,31 +558,36 @@ def bench_autocomplete(args) -> dict:
         ppl_rows.append(row)
     if ppl_rows:
         print(table(ppl_rows, list(ppl_rows[0])))
-    # latency: int8 default model, one core, a typing session over sentences
-    fast = arlm.load(args.checkpoint, weights="int8")
-    session = fast.session(k=3)
-    per_key, per_word = [], []
-    for words in typed[: args.latency_docs if "latency" in args.measures else 0]:
-        text = ""
-        session = fast.session(k=3)
-        for w in words:
-            for j in range(1, len(w) + 1):
+    # latency: int8 default model, one core, a typing session over sentences (and with the
+    # n-gram mixed in, when the checkpoint has one)
+    lat_rows = []
+    for mix in ([False, True] if len(models) > 1 and models[1][0] == "arlm word + n-gram" else [False]):
+        if "latency" not in args.measures:
+            break
+        fast = arlm.load(args.checkpoint, weights="int8", ngram=mix)
+        per_key, per_word = [], []
+        for words in typed[: args.latency_docs]:
+            text = ""
+            session = fast.session(k=3)
+            for w in words:
+                for j in range(1, len(w) + 1):
+                    t = time.perf_counter()
+                    session.update(text + w[:j])
+                    per_key.append(time.perf_counter() - t)
+                text += w + " "
                 t = time.perf_counter()
-                session.update(text + w[:j])
-                per_key.append(time.perf_counter() - t)
-            text += w + " "
-            t = time.perf_counter()
-            session.update(text)
-            per_word.append(time.perf_counter() - t)
-    if not per_key:
+                session.update(text)
+                per_word.append(time.perf_counter() - t)
+        lat_rows.append({"model": "arlm word + n-gram" if mix else "arlm word", "weights": "int8", "threads": 1,
+                         "keystrokes": len(per_key),
+                         "keystroke p50 ms": 1000 * float(np.percentile(per_key, 50)),
+                         "keystroke p99 ms": 1000 * float(np.percentile(per_key, 99)),
+                         "finished word p50 ms": 1000 * float(np.percentile(per_word, 50)),
+                         "finished word p99 ms": 1000 * float(np.percentile(per_word, 99))})
+    if not lat_rows:
         return {"rows": rows, "perplexity": ppl_rows, "corpus": corpus, "test_docs": len(test_docs)}
-    lat = {"weights": "int8", "threads": 1, "keystrokes": len(per_key),
-           "keystroke p50 ms": 1000 * float(np.percentile(per_key, 50)),
-           "keystroke p99 ms": 1000 * float(np.percentile(per_key, 99)),
-           "finished word p50 ms": 1000 * float(np.percentile(per_word, 50)),
-           "finished word p99 ms": 1000 * float(np.percentile(per_word, 99))}
-    print(table([lat], list(lat)))
-    return {"rows": rows, "perplexity": ppl_rows, "latency": lat, "corpus": corpus, "test_docs": len(test_docs)}
+    print(table(lat_rows, list(lat_rows[0])))
+    return {"rows": rows, "perplexity": ppl_rows, "latency": lat_rows, "corpus": corpus, "test_docs": len(test_docs)}
 
 
 # --- 5. quality --------------------------------------------------------------------

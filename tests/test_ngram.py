@@ -270,3 +270,58 @@ def test_main_help_and_validation(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--order", "6"])
     assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------- files and mixing
+
+
+@pytest.mark.parametrize("order", [2, 5])
+def test_fast_distribution_is_the_slow_formula_bit_for_bit(order):
+    model = KneserNey(order, V, eos_id=EOS).fit(random_stream(7))
+    train = random_stream(7)
+    for ctx in CONTEXTS + [list(train[i:i + 6]) for i in range(0, 2000, 97)]:
+        slow = model._prob(model._context_ranks(ctx), np.arange(V, dtype=np.int64))
+        np.testing.assert_array_equal(model.distribution(ctx), slow)
+
+
+def test_token_probs_are_the_per_token_probabilities():
+    model = KneserNey(4, V, eos_id=EOS).fit(random_stream(8))
+    stream = random_stream(9, n=300)
+    probs = model.token_probs(stream)
+    assert probs.shape == (len(stream),)
+    for j in (0, 1, 17, 150, len(stream) - 1):
+        assert math.log(probs[j]) == pytest.approx(model.logprob(list(stream[:j]), int(stream[j])), rel=1e-12)
+    assert model.evaluate(stream)["nll"] == pytest.approx(-np.log(probs).mean(), rel=1e-15)
+
+
+def test_save_and_load_round_trip_exactly(tmp_path):
+    model = KneserNey(5, V, eos_id=EOS).fit(random_stream(10))
+    path = tmp_path / "ngram.npz"
+    model.save(path, weight=0.25, note="x")
+    back, meta = KneserNey.load(path)
+    assert (back.order, back.vocab_size, back.eos_id) == (5, V, EOS)
+    assert meta["weight"] == 0.25 and meta["note"] == "x"
+    stream = random_stream(11, n=400)
+    np.testing.assert_array_equal(back.token_probs(stream), model.token_probs(stream))
+    np.testing.assert_array_equal(back.distribution([5, 6, 7]), model.distribution([5, 6, 7]))
+    assert [p.name for p in tmp_path.iterdir()] == ["ngram.npz"]  # no temporary left behind
+    path.write_bytes(path.read_bytes()[:100])  # truncated: one clear error
+    with pytest.raises(ValueError, match="not a readable arlm n-gram file"):
+        KneserNey.load(path)
+    with pytest.raises(RuntimeError, match="fit"):
+        KneserNey(3, V).save(tmp_path / "empty.npz")
+
+
+def test_mixture_weight_maximizes_the_likelihood():
+    from arlm.ngram import mixture_weight
+
+    rng = np.random.default_rng(0)
+    p_model, p_ngram = rng.uniform(0.01, 1, 2000), rng.uniform(0.01, 1, 2000) ** 2
+    w = mixture_weight(p_model, p_ngram)
+    grid = np.linspace(0, 1, 10001)
+    ll = [np.log((1 - g) * p_model + g * p_ngram).sum() for g in grid]
+    assert w == pytest.approx(grid[int(np.argmax(ll))], abs=2e-4)
+    assert mixture_weight(p_model, p_model * 1e-3) < 1e-3     # a useless n-gram gets ~0
+    assert mixture_weight(p_ngram * 1e-3, p_ngram) > 1 - 1e-3  # a useless model: ~1
+    with pytest.raises(ValueError):
+        mixture_weight([], [])
