@@ -78,11 +78,16 @@ def test_completion_sessions_generation_and_beams_use_the_mixture(pair):
     # greedy generation: every token is the mixture's most likely one after what came before
     # (mostly the n-gram's at weight 0.9, beside a stronger LSTM: the history must be right)
     heavy = Predictor(lm.model, lm.tokenizer, ngram=Mixture(mixed.ngram.ngram, 0.9, {}))
+    seen = []  # the distribution each generation step chose from
+    choose = heavy._choose
+    heavy._choose = lambda log_probs, *rest: seen.append(log_probs.clone()) or choose(log_probs, *rest)
     for prompt, stop in (("تطير العصافير", True), ("كتب المعلم", False), ("", False)):
+        seen.clear()
         new = heavy._generate_ids([prompt], max_new_tokens=8, temperature=0, stop_at_eos=stop)[0]
         ids = [heavy.tokenizer.eos_id] + heavy.tokenizer.encode(prompt)
-        for token in new:
-            log_probs, _ = heavy._read_ids(ids)
+        for token, used in zip(new, seen):
+            log_probs, _ = heavy._read_ids(ids)  # read afresh: prompt and every token so far
+            torch.testing.assert_close(used[0], log_probs, rtol=1e-5, atol=1e-5)
             assert token == int(log_probs.masked_fill(heavy._banned(False), -math.inf).argmax())
             ids.append(token)
         (text, _), = heavy.beam_search(prompt, beam_size=1, max_new_tokens=8, stop_at_eos=stop)
