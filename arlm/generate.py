@@ -11,6 +11,8 @@ Conventions, the same as in training:
 
 * Text goes through the checkpoint's own tokenizer, which normalizes it first; a word
   outside the vocabulary becomes <unk>.
+* When `python -m arlm.ngram --mix` saved an n-gram beside the weights (ngram.npz), every
+  prediction is the mixture (1 - w) P_lstm + w P_ngram (`load(..., ngram=False)`: the LSTM alone).
 * The model reads <eos> as "a document starts here", so a prompt is read as
   [eos] + encode(prompt) from the zero state, and an empty prompt is just [eos].
 * The prompt is read once (in chunks of READ_CHUNK tokens, so a 10,000-word prompt is
@@ -130,7 +132,8 @@ class Predictor:
     Build it with `load(path)` (or `arlm.load(path)`). Attributes: `model` (the readable
     LanguageModel, in eval mode), `engine` (the FrozenModel every call reads: the model's
     weights prepared once, in `weights` precision), `tokenizer`, `config` (the checkpoint's
-    config dict), `device`. Changing `model`'s weights afterwards does not change the
+    config dict), `device`, `ngram` (the n-gram mixed into every prediction, an
+    arlm.ngram.Mixture, or None: see `load`). Changing `model`'s weights afterwards does not change the
     answers: build a new Predictor for new weights.
     """
 
