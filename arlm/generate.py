@@ -207,9 +207,10 @@ class Predictor:
         if self.ngram is None:
             return log_probs
         w = self.ngram.weight
-        p = torch.from_numpy(self.ngram.distributions(histories)).to(log_probs.device)
-        mixed = torch.logaddexp(log_probs.view(len(histories), -1).double() + _log(1 - w), p.log() + _log(w))
-        return mixed.to(log_probs.dtype).view(log_probs.shape)
+        # float32 like the model's own log-probabilities (the n-gram's smallest are ~1e-9)
+        p = torch.from_numpy(self.ngram.distributions(histories)).to(log_probs.device, log_probs.dtype)
+        mixed = torch.logaddexp(log_probs.view(len(histories), -1) + _log(1 - w), p.log_() + _log(w))
+        return mixed.view(log_probs.shape)
 
     def _token(self, i: int) -> str:
         return self._special_names.get(i) or self.tokenizer.id_to_token(i)

@@ -182,9 +182,9 @@ class KneserNey:
                 continue  # unseen context: keep the lower order
             lo, hi = np.searchsorted(level.keys, [c * V, (c + 1) * V])
             counts = level.counts[lo:hi]
-            q = level.ctx_backoff[c] * p
-            q[level.keys[lo:hi] - c * V] += counts - level.discounts[np.minimum(counts, 3)]
-            p = q / max(level.ctx_total[c], 1.0)
+            p *= level.ctx_backoff[c]  # in place: the same operations as _prob, no new arrays
+            p[level.keys[lo:hi] - c * V] += counts - level.discounts[np.minimum(counts, 3)]
+            p /= max(level.ctx_total[c], 1.0)
         return p
 
     def evaluate(self, ids: np.ndarray) -> dict:
