@@ -169,8 +169,8 @@ class KneserNey:
 
         The same numbers as scoring every id through `_prob`, bit for bit, but each order
         touches only the words seen after its context (one contiguous run of sorted keys,
-        found by two bisections) plus one O(V) scaling: fast enough to run once per word
-        typed (a 5-gram at a 50k vocabulary: well under a millisecond)."""
+        found by two bisections) plus one O(V) scaling: cheap enough to run once per word
+        typed (BENCHMARKS §4b measures it)."""
         ranks = self._context_ranks(context)
         V = self.vocab_size
         p = np.full(V, 1.0 / V)
@@ -405,12 +405,13 @@ def fit_mixture(checkpoint: str | os.PathLike, order: int = 5, max_tokens: int =
         docs = stream(splits[split], max_tokens)
         # the model's log-probabilities of each document's tokens and closing eos, from its start
         bar = tqdm(docs, desc=f"scoring {split}", unit=" docs", leave=False, disable=None)
-        p_model = np.exp(np.array([lp for ids in bar for lp in lm.score_ids(ids)]))
+        lp_model = np.array([lp for ids in bar for lp in lm.score_ids(ids)])
+        p_model = np.exp(lp_model)
         p_ngram = ngram.token_probs(np.concatenate([np.asarray(ids, dtype=np.int64) for ids in docs]))
         if split == "valid":
             weight = mixture_weight(p_model, p_ngram)
         mixed = (1 - weight) * p_model + weight * p_ngram
-        result[split] = {"tokens": int(len(p_model)), "model": math.exp(-np.log(p_model).mean()),
+        result[split] = {"tokens": int(len(p_model)), "model": math.exp(-lp_model.mean()),
                          "ngram": math.exp(-np.log(p_ngram).mean()), "mixture": math.exp(-np.log(mixed).mean())}
     result["weight"] = weight
     path = model_dir(checkpoint) / MIX_FILE

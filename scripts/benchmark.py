@@ -561,9 +561,8 @@ def bench_autocomplete(args) -> dict:
     # latency: int8 default model, one core, a typing session over sentences (and with the
     # n-gram mixed in, when the checkpoint has one)
     lat_rows = []
-    for mix in ([False, True] if len(models) > 1 and models[1][0] == "arlm word + n-gram" else [False]):
-        if "latency" not in args.measures:
-            break
+    mixes = [False] + ([True] if any(name == "arlm word + n-gram" for name, _ in models) else [])
+    for mix in mixes if "latency" in args.measures else []:
         fast = arlm.load(args.checkpoint, weights="int8", ngram=mix)
         per_key, per_word = [], []
         for words in typed[: args.latency_docs]:
@@ -587,7 +586,23 @@ def bench_autocomplete(args) -> dict:
     if not lat_rows:
         return {"rows": rows, "perplexity": ppl_rows, "corpus": corpus, "test_docs": len(test_docs)}
     print(table(lat_rows, list(lat_rows[0])))
-    return {"rows": rows, "perplexity": ppl_rows, "latency": lat_rows, "corpus": corpus, "test_docs": len(test_docs)}
+    # the n-gram's part of a finished word: KneserNey.distribution (only the words seen after
+    # each context) against the general formula over every word, on the same test contexts
+    contexts = [ids[max(0, j - 4):j] for ids in (word.tokenizer.encode(d) for d in test_docs[:20])
+                for j in range(len(ids))][:500]
+    t = time.perf_counter()
+    for c in contexts:
+        kn.distribution(c)
+    fast_ms = 1000 * (time.perf_counter() - t) / len(contexts)
+    every = np.arange(kn.vocab_size, dtype=np.int64)
+    t = time.perf_counter()
+    for c in contexts[:100]:
+        kn._prob(kn._context_ranks(c), every)
+    general_ms = 1000 * (time.perf_counter() - t) / len(contexts[:100])
+    ngram_row = {"5-gram distribution ms": fast_ms, "general formula ms": general_ms, "ratio": general_ms / fast_ms}
+    print(table([ngram_row], list(ngram_row)))
+    return {"rows": rows, "perplexity": ppl_rows, "latency": lat_rows, "ngram": ngram_row, "corpus": corpus,
+            "test_docs": len(test_docs)}
 
 
 # --- 5. quality --------------------------------------------------------------------
