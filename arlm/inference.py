@@ -13,8 +13,11 @@ faster (arlm/fast/lowp.py). `FrozenModel` makes all of them once, at constructio
 snapshot of the weights: nothing is ever invalidated, so the model and the trainer know
 nothing about it. A model trained further needs a new FrozenModel.
 
-The numbers are the model's own: the same backend paths (arlm/fast/) as training's
-forward pass in eval mode, tested equal to `LanguageModel` to 1e-5 in float32. The
+The numbers are the model's own, tested equal to `LanguageModel` to 1e-5 in float32: a
+window of several tokens runs the same backend paths (arlm/fast/) as training's forward
+pass in eval mode; a decoding step (one token for up to four sequences) runs every
+product, float32 too, in lowp's C loops, where torch's per-call cost would be most of a
+step on a CPU (the same answers to float32 rounding). The
 adaptive softmax is run here from the prepared products (head, then each cluster), which
 is what `torch.nn.AdaptiveLogSoftmaxWithLoss.log_prob` computes, because its modules
 cannot multiply from int8 or float16 copies.
@@ -42,34 +45,59 @@ from arlm.model import LanguageModel, Output, State, TiedHead
 WEIGHTS = ("float32", "float16", "int8")
 
 
-class _Linear:
-    """y = x Wᵀ (+ b) from float32 W, or from its float16/int8 copy."""
+SMALL_BATCH = 4  # float32 products of at most this many rows (tokens) run in lowp's C loops (see _Layer)
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: str):
+
+def _c_float32(dtype: str, device: torch.device) -> bool:
+    """Whether float32 weights also get lowp's C products (for small batches)."""
+    return dtype == "float32" and device.type == "cpu" and build.load() is not None
+
+
+class _Linear:
+    """y = x Wᵀ (+ b) from float32 W, or from its float16/int8 copy; in float32, a few rows
+    at a time (decoding) by lowp's C product, more by torch's."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: str, device: torch.device):
         self.weight = weight.detach().clone()
         self.bias = None if bias is None else bias.detach().clone()
-        self.low = LowPrecision(self.weight, dtype) if dtype != "float32" else None
+        use_c = dtype != "float32" or _c_float32(dtype, device)
+        self.low = LowPrecision(self.weight, dtype) if use_c else None
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.low is None:
+        rows = x.numel() // x.shape[-1]
+        if self.low is None or (self.low.dtype == "float32" and rows > SMALL_BATCH):
             return F.linear(x, self.weight, self.bias)
         y = self.low.matmul(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
 
 class _Layer:
-    """One cell's stacked weights in every form its window reads."""
+    """One cell's stacked weights in every form its window reads.
 
-    def __init__(self, cell, dtype: str):
+    `low`: the C inference loop's copy (float16/int8, or float32 on a CPU with the C step).
+    In float32 it serves decoding steps only (one token for up to four sequences:
+    generation, a typing session's keystrokes), where a step is one pass over W and
+    torch's per-call cost is most of it. Longer windows (a prompt, scoring, evaluation)
+    run the training forward's own paths, which give the readable model's numbers bit for
+    bit and whose blocked products share each weight read among the rows."""
+
+    def __init__(self, cell, dtype: str, device: torch.device):
         W, b = cell.fused()
         self.weights = fast.LayerWeights(W.detach().clone(), b.detach().clone(), cell.hidden_size, frozen=True)
-        self.low = LowPrecision(self.weights.W, dtype, transposable=False) if dtype != "float32" else None
+        use_c = dtype != "float32" or _c_float32(dtype, device)
+        self.low = LowPrecision(self.weights.W, dtype, transposable=False) if use_c else None
+
+    def low_for(self, rows: int) -> LowPrecision | None:
+        """The C copy for a window of `rows` = steps × sequences, if it is the one to use."""
+        if self.low is None or (self.low.dtype == "float32" and rows > SMALL_BATCH):
+            return None
+        return self.low
 
 
 class FrozenModel:
     """A LanguageModel's weights for inference on one device in one weight type.
 
-    `weights`: "float32" (the default: exactly the model's numbers), or "float16" / "int8"
+    `weights`: "float32" (the default: the model's numbers, to float32 rounding), or "float16" / "int8"
     (CPU only, needs arlm's C step): the LSTM, projection and softmax products read a
     smaller copy of their weights; embeddings, biases and the recurrence stay float32.
     BENCHMARKS.md gives the speed and the (tiny) perplexity change."""
@@ -93,19 +121,20 @@ class FrozenModel:
 
     def _build(self, model: LanguageModel, dtype: str) -> None:
         self.embedding = model.embedding.weight.detach().clone()
-        self.layers = [_Layer(cell, dtype) for cell in model.lstm.cells]
+        self.layers = [_Layer(cell, dtype, self.device) for cell in model.lstm.cells]
         p = model.projection
-        self.projection = _Linear(p.weight, p.bias, dtype) if p is not None else None
+        self.projection = _Linear(p.weight, p.bias, dtype, self.device) if p is not None else None
         a = model.adaptive
         if a is None:
-            self.decoder = _Linear(model.decoder.weight, model.decoder.bias, dtype)
+            self.decoder = _Linear(model.decoder.weight, model.decoder.bias, dtype, self.device)
             self.adaptive = None
             return
         self.decoder = None
         head = a.head
-        self.head = (_Linear(head.weight(), None, dtype) if isinstance(head, TiedHead)
-                     else _Linear(head.weight, head.bias, dtype))
-        self.tails = [(_Linear(t[0].weight, None, dtype), _Linear(t[1].weight, None, dtype)) for t in a.tail]
+        self.head = (_Linear(head.weight(), None, dtype, self.device) if isinstance(head, TiedHead)
+                     else _Linear(head.weight, head.bias, dtype, self.device))
+        self.tails = [(_Linear(t[0].weight, None, dtype, self.device), _Linear(t[1].weight, None, dtype, self.device))
+                      for t in a.tail]
         self.shortlist, self.cutoffs, self.n_classes = a.shortlist_size, list(a.cutoffs), a.n_classes
         self.adaptive = True
 
@@ -131,7 +160,7 @@ class FrozenModel:
         h0, c0 = state if state is not None else self.init_state(ids.shape[1])
         hs_last, cs_last, traces = [], [], []
         for k, layer in enumerate(self.layers):
-            _, _, gates, cs, _, hs, _, _ = fast.run_forward(layer.weights, x, h0[k], c0[k], keep, layer.low)
+            _, _, gates, cs, _, hs, _, _ = fast.run_forward(layer.weights, x, h0[k], c0[k], keep, layer.low_for(x.shape[0] * x.shape[1]))
             hs_last.append(hs[-1])
             cs_last.append(cs[-1])
             if record:

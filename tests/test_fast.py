@@ -244,6 +244,7 @@ def test_every_build_this_cpu_runs_loads_with_its_own_lanes_and_low_dtypes(monke
         k = kernel.load(isa)
         assert k.isa == isa and k.lanes == expected_lanes(isa)
         assert k.low == {"float16", "int8"}  # float16 in every build (F16C, _Float16 or bit arithmetic)
+        assert hasattr(k.lib, "arlm_lstm_sequence_f32")  # and float32 through the same loops
         assert f"-{isa}-" in k.path and k.path.startswith(str(kernel._cache_dir()))
         paths.add(k.path)
     assert len(paths) == len(ISAS)

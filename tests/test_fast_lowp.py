@@ -1,5 +1,6 @@
-"""The compiled products from low-precision weights (arlm/fast/lowp.py, arlm/fast/lstm_step.c)
-against plain float32 arithmetic on the numbers they stand for."""
+"""The compiled inference products from float16/int8 weights, and from float32 ones
+(arlm/fast/lowp.py, arlm/fast/lstm_step.c), against plain float32 arithmetic on the numbers
+they stand for."""
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ def dequantized(q: LowPrecision) -> torch.Tensor:
     return W.float() if q.scale is None else W.float() * q.scale[:, None]
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 @pytest.mark.parametrize("N,K", [(64, 48), (37, 19), (130, 200), (300, 16), (2000, 64)])
 @pytest.mark.parametrize("M", [1, 3, 4, 6])
 def test_products_equal_float32_on_the_stored_numbers(dtype, N, K, M, isa):
@@ -35,11 +36,11 @@ def test_products_equal_float32_on_the_stored_numbers(dtype, N, K, M, isa):
     torch.testing.assert_close(q.matmul(x), x @ dequantized(q).t(), atol=2e-5 * K ** 0.5, rtol=1e-5)
     # the stored numbers are close to the weight: half precision, or 1/254 of a row's range
     err = (dequantized(q) - W).abs()
-    bound = W.abs() * 2 ** -11 if dtype == "float16" else W.abs().amax(1, keepdim=True) / 254 + 1e-7
-    assert (err <= bound + 1e-7).all()
+    bound = {"float32": 0 * W, "float16": W.abs() * 2 ** -11, "int8": W.abs().amax(1, keepdim=True) / 254 + 1e-7}[dtype]
+    assert (err <= bound + (0 if dtype == "float32" else 1e-7)).all()
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 @pytest.mark.parametrize("H,I", [(40, 24), (200, 72)])
 def test_a_column_range_of_the_fused_weight(dtype, H, I, isa):
     torch.manual_seed(1)
@@ -77,7 +78,7 @@ def test_float16_special_values_convert_exactly(transposable, isa):
     torch.testing.assert_close(q.matmul(x), x @ W.half().float().t(), atol=1e-5, rtol=1e-5, equal_nan=True)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 @pytest.mark.parametrize("T,B,H,I", [(5, 3, 40, 24), (3, 2, 37, 11), (4, 1, 200, 72)])
 def test_a_low_precision_window_equals_float32_steps_on_the_stored_numbers(dtype, T, B, H, I, isa):
     """lowp's whole window in C (a product and a step per time step) against the torch

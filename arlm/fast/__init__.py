@@ -8,7 +8,7 @@ picks one path per window and hands the work to its module:
     torch_loop.py   torch operations (the reference: any device, any dtype, no compiler)
     c_step.py       a Python time loop, each step's element-wise half in C (lstm_step.c)
     c_window.py     the whole window in one C call, each step's product included
-    lowp.py         inference from float16/int8 weight copies, the window in C
+    lowp.py         inference from float16/int8 weight copies (and float32 decoding steps), in C
 
 The tricks every path shares: the four named weights are read as one stacked matrix W
 (4H, H + I), in the order f, i, c̃, o; the x half of every gate is one big product for all

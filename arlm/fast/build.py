@@ -49,7 +49,8 @@ FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp"
 # the step shares torch's OpenMP runtime. Where it is not available the step is built
 # single-threaded (the pragma is ignored).
 FALLBACK_FLAGS = [f for f in FLAGS if f != "-fopenmp"]
-LOW_DTYPES = {"float16": "f16", "int8": "i8"}  # inference weight types → the C functions' suffix
+LOW_DTYPES = {"float16": "f16", "int8": "i8"}  # smaller inference weight types → the C functions' suffix
+SUFFIX = {"float32": "f32", **LOW_DTYPES}       # every weight type the C inference products read
 
 # name: (the compiler flags beyond FLAGS, the CPU features it needs as /proc/cpuinfo names it),
 # best first. The x86-64 builds name their instructions rather than -march=native, so a
@@ -209,8 +210,8 @@ class Kernel:
         lib.arlm_lstm_window_forward.restype = None
         lib.arlm_lstm_window_backward.argtypes = [i64, i64, i64, i64, p, i64] + [p] * 11
         lib.arlm_lstm_window_backward.restype = None
-        self.low = set()
-        for dtype, suffix in LOW_DTYPES.items():  # float16 is absent where the compiler has no half type
+        self.low = set()  # the smaller weight types this build multiplies from
+        for dtype, suffix in SUFFIX.items():  # float16 is absent where the compiler has no half type
             if hasattr(lib, f"arlm_matmul_{suffix}"):
                 getattr(lib, f"arlm_matmul_{suffix}").argtypes = [i64, i64, i64, i64, p, i64, p, p, p]
                 getattr(lib, f"arlm_matmul_{suffix}").restype = None
@@ -218,7 +219,8 @@ class Kernel:
                 getattr(lib, f"arlm_matmul_{suffix}_t").restype = None
                 getattr(lib, f"arlm_lstm_sequence_{suffix}").argtypes = [i64, i64, i64, i64, p, i64] + [p] * 12
                 getattr(lib, f"arlm_lstm_sequence_{suffix}").restype = None
-                self.low.add(dtype)
+                if dtype != "float32":
+                    self.low.add(dtype)
         self.lanes = lib.arlm_lanes()  # the vector width: the window calls need H % lanes == 0
 
     def __repr__(self) -> str:
@@ -272,7 +274,7 @@ class Kernel:
             torch.get_num_threads(), T, B, H, _ptr(W), W.shape[1], _ptr(gates), _ptr(c0), _ptr(cs), _ptr(tanh_cs),
             _ptr(keep), _ptr(d_hs), _ptr(dh), _ptr(dc), _ptr(dG), _ptr(packed), _ptr(dh_rec))
 
-    # -- products and windows from float16 / int8 weights (lowp.py) --
+    # -- inference products and windows from float32, float16 or int8 weights (lowp.py) --
 
     def low_matmul(self, dtype: str, data: Tensor, scale: Tensor | None, x: Tensor, y: Tensor,
                    ld: int, column: int = 0) -> None:
@@ -280,23 +282,23 @@ class Kernel:
         M, K = x.shape
         _f32(x, y, scale)
         start = _ptr(data) + column * data.element_size()  # the column range of a row-major weight
-        getattr(self.lib, f"arlm_matmul_{LOW_DTYPES[dtype]}")(
+        getattr(self.lib, f"arlm_matmul_{SUFFIX[dtype]}")(
             torch.get_num_threads(), M, y.shape[1], K, start, ld, _ptr(scale), _ptr(x), _ptr(y))
 
     def low_matmul_t(self, dtype: str, data_t: Tensor, scale: Tensor | None, x: Tensor, y: Tensor) -> None:
         """y (M, N) = x (M, K) · W^T, from W stored transposed (K, N) (few-column weights)."""
         M, K = x.shape
         _f32(x, y, scale)
-        getattr(self.lib, f"arlm_matmul_{LOW_DTYPES[dtype]}_t")(M, y.shape[1], K, _ptr(data_t), _ptr(scale),
+        getattr(self.lib, f"arlm_matmul_{SUFFIX[dtype]}_t")(M, y.shape[1], K, _ptr(data_t), _ptr(scale),
                                                                 _ptr(x), _ptr(y))
 
     def low_window(self, dtype: str, data: Tensor, scale: Tensor | None, gx: Tensor, b: Tensor, h0: Tensor,
                    c0: Tensor, keep: Tensor | None, gates: Tensor, cs: Tensor, tanh_cs: Tensor, hs: Tensor) -> None:
-        """A layer's whole window for inference from a float16/int8 fused weight (4H, H + I)."""
+        """A layer's whole window for inference from a float32/float16/int8 fused weight (4H, H + I)."""
         T, B, H = hs.shape
         _f32(gx, b, h0, c0, keep, gates, cs, tanh_cs, hs, scale)
         zh, h_in = hs.new_empty(B, 4 * H), hs.new_empty(B, H)  # scratch
-        getattr(self.lib, f"arlm_lstm_sequence_{LOW_DTYPES[dtype]}")(
+        getattr(self.lib, f"arlm_lstm_sequence_{SUFFIX[dtype]}")(
             torch.get_num_threads(), T, B, H, _ptr(data), data.shape[1], _ptr(scale), _ptr(gx), _ptr(b),
             _ptr(h0), _ptr(c0), _ptr(keep), _ptr(gates), _ptr(cs), _ptr(tanh_cs), _ptr(hs), _ptr(zh), _ptr(h_in))
 

@@ -1,9 +1,12 @@
-"""Inference from float16 or int8 copies of the weights, multiplied in float32 by C.
+"""Inference from float16 or int8 copies of the weights, multiplied in float32 by C; and
+from the float32 weights themselves through the same C loops.
 
 Decoding one token reads every weight once and does little with each, so its speed is
 the speed of reading memory: float16 halves the bytes and int8 (one scale per row)
-quarters them, which keeps the default model in the CPU's cache. Only the inference
-engine (arlm/inference.py) makes these copies; training always reads float32.
+quarters them, which keeps the default model in the CPU's cache. float32 reads all the
+bytes, but for a decoding step the C loops still beat torch's calls (their dispatch and
+matrix-vector kernels). Only the inference engine (arlm/inference.py) makes these;
+training always reads its parameters.
 """
 
 from __future__ import annotations
@@ -16,19 +19,21 @@ from arlm.fast import build
 
 class LowPrecision:
     """A float32 weight (N, K) kept as float16, or as int8 with one float32 scale per row
-    (w ≈ scale[n] · q[n, k]), multiplied in float32 by lstm_step.c.
+    (w ≈ scale[n] · q[n, k]), or as itself ("float32"), multiplied in float32 by lstm_step.c.
 
     Few-column matrices (K < 128: the adaptive softmax's tail) are stored transposed, so
     the product runs along their thousands of rows, unless not `transposable` (a weight
     whose column ranges are multiplied separately, like a cell's fused W)."""
 
     def __init__(self, weight: Tensor, dtype: str, transposable: bool = True):
-        if dtype == "float32" or not build.supports(dtype):
+        if dtype not in build.SUFFIX or not build.supports(dtype) or build.load() is None:
             raise ValueError(f"{dtype} inference weights need the C step (a C compiler); use float32")
         W = weight.detach().float()
         self.dtype = dtype
         self.shape, self.transposed = tuple(W.shape), transposable and W.shape[1] < 128
-        if dtype == "float16":
+        if dtype == "float32":  # the weight itself (the inference engine's own frozen copy)
+            data, self.scale = W, None
+        elif dtype == "float16":
             data, self.scale = W.to(torch.float16), None
         else:  # symmetric, per row: the largest |w| of a row maps to 127
             scale = W.abs().amax(1).clamp_min(1e-30) / 127

@@ -194,7 +194,7 @@ void arlm_lstm_backward(int64_t threads, int64_t B, int64_t H, const float *gate
     }
 }
 
-/* --- Inference products from smaller weights -----------------------------------------
+/* --- Inference products from smaller weights (and float32 ones) ------------------------
 
    y (M × N) = x (M × K) · W[:, :K]ᵀ, with W stored as IEEE float16, or as int8 with one
    float32 scale per row (w ≈ scale[n] · q[n, k], q in -127..127), and all arithmetic in
@@ -389,6 +389,12 @@ void arlm_lstm_sequence_##SUFFIX(int64_t threads, int64_t T, int64_t B, int64_t 
     }                                                                                             \
 }
 
+/* float32 weights through the same loops: for a decoding step, where the product is one
+   pass over the weight and torch's per-call cost would be most of it. */
+static inline vf load_f32(const float *p) { return load(p); }
+static inline float f32_to_float(float v) { return v; }
+DEFINE_PRODUCTS(f32, float, load_f32, f32_to_float)
+DEFINE_SEQUENCE(f32, float)
 DEFINE_PRODUCTS(i8, int8_t, load_i8, i8_to_float)
 DEFINE_SEQUENCE(i8, int8_t)
 #ifdef HAVE_HALF
