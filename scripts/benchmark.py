@@ -117,13 +117,31 @@ def bench_cell(args) -> dict:
                 y.sum().backward()
             return f
 
-        t = interleaved({"ours": train_step(ours), "torch": train_step(ref)}, args.repeats)
-        tokens = args.seq * args.batch
+        # The ceiling: a train step's multiply-adds at the rate of one big matrix product of
+        # the step's own shape (dW = dGᵀ [h, x]), timed in the same run. No implementation
+        # of these equations does fewer products, so ref / (macs / rate) bounds any ratio.
+        N = args.seq * args.batch
+        dG, hx = torch.randn(N, 4 * H, device=device), torch.randn(N, 2 * H, device=device)
+        t = interleaved({"ours": train_step(ours), "torch": train_step(ref), "gemm": lambda: dG.t() @ hx}, args.repeats)
+        macs = step_macs(args.seq, args.batch, H, H, args.layers)
+        rate = N * 4 * H * 2 * H / t["gemm"]
         rows.append({"hidden": H, "layers": args.layers, "seq": args.seq, "batch": args.batch, "device": device.type,
-                     "arlm tok/s": tokens / t["ours"], "nn.LSTM tok/s": tokens / t["torch"],
-                     "ratio": t["torch"] / t["ours"]})
-    print(table(rows, ["hidden", "layers", "seq", "batch", "device", "arlm tok/s", "nn.LSTM tok/s", "ratio"]))
+                     "arlm tok/s": N / t["ours"], "nn.LSTM tok/s": N / t["torch"], "ratio": t["torch"] / t["ours"],
+                     "GEMM GMAC/s": rate / 1e9, "nn.LSTM % of GEMM": 100 * macs / t["torch"] / rate,
+                     "ceiling ratio": t["torch"] / (macs / rate)})
+    print(table(rows, ["hidden", "layers", "seq", "batch", "device", "arlm tok/s", "nn.LSTM tok/s", "ratio",
+                       "GEMM GMAC/s", "nn.LSTM % of GEMM", "ceiling ratio"]))
     return {"rows": rows}
+
+
+def step_macs(T: int, B: int, I: int, H: int, layers: int) -> int:
+    """Multiply-adds of one train step of a stack (input I, hidden H, no input gradient):
+    per layer the forward's W·[h, x] and the weight gradient over [h, x] (each 4H(H + I) a
+    token), the recurrence's gradient through W_h (4H·H), and, above the first layer, the
+    gradient to its input (4H·H)."""
+    first = 2 * 4 * H * (H + I) + 4 * H * H
+    above = 2 * 4 * H * (H + H) + 4 * H * H + 4 * H * H
+    return T * B * (first + (layers - 1) * above)
 
 
 # --- 2. end to end -----------------------------------------------------------------
@@ -228,6 +246,13 @@ def bench_inference(args) -> dict:
     from arlm.corpus import documents, resolve
 
     torch.set_num_threads(1)
+    # What memory allows: decoding a token reads every weight once, so a token cannot take
+    # less than the weights' bytes over the rate this core streams memory (measured here,
+    # on a buffer no cache holds; a model that fits the cache can go faster).
+    buffer = torch.ones(64 * 2**20)
+    stream = statistics.median(_timed(buffer.sum) for _ in range(7))
+    stream_gbs = buffer.numel() * 4 / stream / 1e9
+    del buffer
     lm = arlm.load(args.checkpoint)
     words = " ".join(["قال رسول الله صلي الله عليه وسلم"] * 3).split()[:20]
     prefix = " ".join(words)
@@ -249,11 +274,33 @@ def bench_inference(args) -> dict:
         t = time.perf_counter()
         text = lm.generate(prefix, max_new_tokens=500, seed=0, stop_at_eos=False)
         gen_time = time.perf_counter() - t
+        mb = decode_bytes(lm.engine) / 1e6
         rows.append({"checkpoint": args.checkpoint, "weights": weights, "threads": 1,
                      "next-word ms (20-word prefix)": latency * 1000, "generated tokens/s": 500 / gen_time,
-                     f"test ppl ({len(test_docs)} docs)": ppl})
+                     f"test ppl ({len(test_docs)} docs)": ppl, "weight MB a token": mb,
+                     "memory-bound tokens/s": stream_gbs * 1e3 / mb})
     print(table(rows, list(rows[0])))
-    return {"rows": rows, "sample": text[:200]}
+    print(f"streaming read on one core: {stream_gbs:.1f} GB/s")
+    return {"rows": rows, "sample": text[:200], "stream GB/s": stream_gbs}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def decode_bytes(engine) -> int:
+    """Bytes of weights a decoding step reads: every layer's fused W and every output
+    product's weight, in the form the engine multiplies from (embedding rows not counted)."""
+    def size(weight, low) -> int:
+        t = low.data if low is not None else weight
+        return t.numel() * t.element_size()
+
+    total = sum(size(layer.weights.W, layer.low) for layer in engine.layers)
+    linears = [engine.projection, engine.decoder] if engine.adaptive is None else \
+        [engine.projection, engine.head, *(m for pair in engine.tails for m in pair)]
+    return total + sum(size(m.weight, m.low) for m in linears if m is not None)
 
 
 def bench_cache(args) -> dict:
