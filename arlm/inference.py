@@ -53,6 +53,14 @@ def _c_float32(dtype: str, device: torch.device) -> bool:
     return dtype == "float32" and device.type == "cpu" and build.load() is not None
 
 
+def _c_copy(low: LowPrecision | None, rows: int) -> LowPrecision | None:
+    """The C copy to multiply `rows` rows by: a float16/int8 one always, a float32 one for
+    decoding-sized products only; None: torch's product (or the training paths)."""
+    if low is None or (low.dtype == "float32" and rows > SMALL_BATCH):
+        return None
+    return low
+
+
 class _Linear:
     """y = x Wᵀ (+ b) from float32 W, or from its float16/int8 copy; in float32, a few rows
     at a time (decoding) by lowp's C product, more by torch's."""
@@ -64,10 +72,10 @@ class _Linear:
         self.low = LowPrecision(self.weight, dtype) if use_c else None
 
     def __call__(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.shape[-1]
-        if self.low is None or (self.low.dtype == "float32" and rows > SMALL_BATCH):
+        low = _c_copy(self.low, x.numel() // x.shape[-1])
+        if low is None:
             return F.linear(x, self.weight, self.bias)
-        y = self.low.matmul(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+        y = low.matmul(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
 
@@ -89,9 +97,7 @@ class _Layer:
 
     def low_for(self, rows: int) -> LowPrecision | None:
         """The C copy for a window of `rows` = steps × sequences, if it is the one to use."""
-        if self.low is None or (self.low.dtype == "float32" and rows > SMALL_BATCH):
-            return None
-        return self.low
+        return _c_copy(self.low, rows)
 
 
 class FrozenModel:
