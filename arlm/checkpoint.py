@@ -32,6 +32,7 @@ from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 
 from arlm.model import LanguageModel, ModelConfig
+from arlm.ngram import MIX_FILE
 from arlm.tokenizer import TOKENIZER_FILE, fingerprint, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -97,6 +98,7 @@ def save(directory: str | os.PathLike, model: LanguageModel, tokenizer, run_conf
         _save_weights(model, str(tmp / WEIGHTS_FILE))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_FILE)
+        _carry_over(final, tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -113,6 +115,22 @@ def save(directory: str | os.PathLike, model: LanguageModel, tokenizer, run_conf
     if old.exists():
         shutil.rmtree(old)
     return final
+
+
+# Files another command added to a model directory that a new save keeps: the n-gram mixed
+# into the model (`python -m arlm.ngram --mix`) took minutes to fit on the same train split and
+# tokenizer, so a resumed run carries it over rather than dropping it; only its mixing weight
+# was fitted to the earlier weights (the trainer says so once).
+CARRIED_FILES = (MIX_FILE,)
+
+
+def _carry_over(final: Path, tmp: Path) -> None:
+    for name in CARRIED_FILES:
+        if (final / name).is_file() and not (tmp / name).exists():
+            try:  # a hard link: no second copy of the bytes, and the old folder is deleted anyway
+                os.link(final / name, tmp / name)
+            except OSError:
+                shutil.copy2(final / name, tmp / name)
 
 
 class CheckpointWriteError(OSError):

@@ -32,6 +32,7 @@ from arlm import batching, checkpoint, cli, config, optim
 from arlm.config import TrainConfig
 from arlm.corpus import available_cards, prepare
 from arlm.model import LanguageModel, ModelConfig, load_vectors
+from arlm.ngram import MIX_FILE
 from arlm.normalize import normalize
 from arlm.tokenizer import fingerprint
 
@@ -298,6 +299,7 @@ class Trainer:
         self.step = self.epoch = self.pos = 0
         self.state = None
         self.best = self.best_saved = float("inf")  # best valid loss: for the schedule / for best/
+        self._mix_noted = False  # an n-gram mixed into best/ said once that its weight is stale
         self.bad_evals = 0
         self.history: list[dict] = []
         self.tokens_seen = 0
@@ -394,6 +396,10 @@ class Trainer:
                             self.trainer_state() if with_trainer else None,
                             {"corpus": {k: self.data.stats.get(k) for k in ("corpus", "tokens", "documents", "unk_rate")},
                              "step": self.step, "best_valid_ppl": math.exp(min(self.best_saved, 50))})
+        if which == "best" and not self._mix_noted and (self.out / which / MIX_FILE).is_file():
+            self._mix_noted = True
+            print(f"note: {self.out / which / MIX_FILE} is kept, but its mixing weight was fitted to earlier weights; "
+                  f"refit it with python -m arlm.ngram --mix {self.out}", file=sys.stderr)
 
     def save_checkpoints(self, new_best: bool) -> None:
         """After an evaluation: best/ when valid improved, latest/ always (to resume from)."""

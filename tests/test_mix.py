@@ -132,6 +132,24 @@ def test_mix_command_saves_a_file_that_load_mixes_in(text_corpus, tmp_path, caps
     assert capsys.readouterr().out != off
 
 
+def test_training_on_keeps_the_mixture_and_says_its_weight_is_stale(text_corpus, tmp_path, capsys):
+    from arlm.train import main as train_main
+
+    out = tmp_path / "run"
+    assert train_run(text_corpus, out, "--max-steps", "20", "--eval-interval", "10") == 0
+    assert ngram_main(["--mix", str(out), "--order", "2", "--mix-tokens", "2000"]) == 0
+    before = (out / "best" / MIX_FILE).read_bytes()
+    weights_before = (out / "best" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert train_main(["--resume", str(out), "--max-steps", "60"]) == 0
+    err = capsys.readouterr().err
+    assert (out / "best" / "model.safetensors").read_bytes() != weights_before  # best/ was saved anew
+    assert (out / "best" / MIX_FILE).read_bytes() == before  # and the n-gram came with it, byte for byte
+    assert err.count("mixing weight was fitted to earlier weights") == 1  # said once, not at every save
+    assert f"python -m arlm.ngram --mix {out}" in err
+    assert arlm.load(out).ngram is not None
+
+
 def test_a_missing_or_foreign_mixture_is_one_clear_error(pair, tmp_path, capsys):
     lm, mixed = pair
     ckpt = tmp_path / "ckpt"
