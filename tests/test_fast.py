@@ -204,6 +204,39 @@ def test_without_a_compiler_the_torch_path_runs_with_one_warning(tmp_path, monke
         kernel.set_enabled(True)
 
 
+def test_a_failed_build_is_remembered_until_the_compiler_changes(tmp_path, monkeypatch):
+    """Every process paid the failing compiles again before falling back; now the failure is
+    kept beside the cache entry with the compiler's identity."""
+    import shutil
+
+    calls, cc = tmp_path / "calls", tmp_path / "cc"
+    broken = f'#!/bin/sh\necho run >> {calls}\necho "error: this compiler is broken" >&2\nexit 1\n'
+    cc.write_text(broken)
+    cc.chmod(0o755)
+    monkeypatch.setenv("ARLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(cc))
+    isa = kernel.available_isas()[-1]
+    kernel._builds.pop(isa, None)
+    try:
+        with pytest.raises(RuntimeError, match="this compiler is broken"):
+            kernel.load(isa)
+        runs = calls.read_text().count("run")
+        assert runs == 2  # the flags, then the fallback flags
+        with pytest.raises(RuntimeError, match="this compiler is broken.*remembered in .*delete it to retry"):
+            kernel.load(isa)
+        assert calls.read_text().count("run") == runs  # not compiled again
+        cc.write_text(broken + "# upgraded\n")  # another compiler at the same path: tried afresh
+        with pytest.raises(RuntimeError, match="this compiler is broken"):
+            kernel.load(isa)
+        assert calls.read_text().count("run") == 2 * runs
+        real = shutil.which("cc") or shutil.which("gcc")
+        cc.write_text(f'#!/bin/sh\nexec {real} "$@"\n')  # and once it works, it builds and the memo goes
+        assert kernel.load(isa).isa == isa
+        assert not list((tmp_path / "cache" / "kernels").glob("*.failed"))
+    finally:
+        kernel._builds.pop(isa, None)
+
+
 def test_cpu_autocast_and_odd_inputs_never_reach_the_c_paths_wrongly():
     """Found in review: under CPU bfloat16 autocast the input product came back bfloat16
     and the C step read it as float32. And a keep mask that broadcasts over the batch."""

@@ -16,7 +16,9 @@ this CPU runs, best first. ARLM_ISA=avx512|avx2|generic|native forces one (as do
 `set_enabled(True, isa=...)`); `load(isa=...)` returns a given build without switching the
 process to it. Only the build a process uses is compiled, cached under ~/.cache/arlm/kernels
 (or $ARLM_CACHE/kernels) by source, compiler and flags (and by CPU for "native"), so a second
-process loads it at once. `python -m arlm.fast.build` says which build is in use.
+process loads it at once; a build that fails is remembered there too (a `.failed` file with
+the compiler's identity), so later processes go straight to the next build down until the
+compiler changes. `python -m arlm.fast.build` says which build is in use.
 
 Without a compiler (or with ARLM_KERNEL=0, or off CPU float32) the backend runs the same
 equations as torch operations (torch_loop.py): same results, slower.
@@ -27,6 +29,7 @@ on the CPU) and pass their addresses, so no caller computes pointers by hand.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -151,6 +154,14 @@ def _compile(isa: str) -> Path:
     key_text = " ".join([cc, *flags]) + (_cpu_id() if any(f.endswith("=native") for f in flags) else "")
     key = hashlib.sha256(SOURCE.read_bytes() + key_text.encode()).hexdigest()[:16]
     out = _cache_dir() / f"lstm_step-{isa}-{key}.so"
+    # A build that failed is remembered beside where it would be, with the compiler's identity:
+    # every process would otherwise pay the failing compiles again before falling back.
+    failed = out.with_suffix(".failed")
+    compiler = _identity(cc)
+    if not out.exists() and failed.is_file():
+        lines = failed.read_text(encoding="utf-8", errors="replace").splitlines()
+        if lines and lines[0] == compiler:
+            raise RuntimeError(f"{' '.join(lines[1:])} (remembered in {failed}; delete it to retry)")
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename: processes starting together (DDP ranks)
@@ -165,8 +176,12 @@ def _compile(isa: str) -> Path:
             except OSError as e:  # CC names no program
                 raise FileNotFoundError(f"the C compiler {cc} could not be run ({e})") from e
             if r.returncode != 0:
-                raise RuntimeError(f"{cc} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+                why = f"{cc} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}"
+                with contextlib.suppress(OSError):  # remembering is a courtesy, never a second error
+                    failed.write_text(f"{compiler}\n{why}\n", encoding="utf-8")
+                raise RuntimeError(why)
             os.replace(tmp, out)
+            failed.unlink(missing_ok=True)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -301,6 +316,17 @@ class Kernel:
         getattr(self.lib, f"arlm_lstm_sequence_{SUFFIX[dtype]}")(
             torch.get_num_threads(), T, B, H, _ptr(data), data.shape[1], _ptr(scale), _ptr(gx), _ptr(b),
             _ptr(h0), _ptr(c0), _ptr(keep), _ptr(gates), _ptr(cs), _ptr(tanh_cs), _ptr(hs), _ptr(zh), _ptr(h_in))
+
+
+def _identity(cc: str) -> str:
+    """The compiler as a failed build remembers it: its resolved path, size and time, so an
+    upgraded or replaced compiler is tried afresh."""
+    path = shutil.which(cc) or cc
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return f"{os.path.realpath(path)} {st.st_size} {st.st_mtime_ns}"
 
 
 def _build(isa: str) -> Kernel:
