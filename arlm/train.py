@@ -249,15 +249,30 @@ class Trainer:
         # The sizes alone, before the corpus is read: with the smallest vocabulary there is,
         # does the model fit at all? (The exact check follows once the tokenizer is known.)
         check_model_fits(cfg.model_config(_SmallestVocabulary()), cfg.optim.optimizer, vocab_known=False)
+        def read_corpus():
+            return prepare(cfg.data.corpus, cfg.tokenizer, workers=cfg.data.workers or None,
+                           encoding_errors=cfg.data.encoding_errors, field_name=cfg.data.text_field, verbose=self.main)
+
+        # Rank 0 takes the directory and builds the token cache first; the others then read it.
+        # It tells them how that went, so a refusal (a run in use, bad input) stops every rank
+        # with its message instead of leaving them waiting at a barrier.
         if self.main:
-            self.lock = lock_run(self.out)  # before preflight: --overwrite deletes what another run writes
-            preflight(self.out, resuming=bool(cfg.resume), overwrite=cfg.overwrite)
-        if self.world > 1 and not self.main:
-            dist.barrier()  # rank 0 builds the token cache first; the others then read it
-        data = prepare(cfg.data.corpus, cfg.tokenizer, workers=cfg.data.workers or None,
-                       encoding_errors=cfg.data.encoding_errors, field_name=cfg.data.text_field, verbose=self.main)
-        if self.world > 1 and self.main:
-            dist.barrier()
+            failure = None
+            try:
+                self.lock = lock_run(self.out)  # before preflight: --overwrite deletes what another run writes
+                preflight(self.out, resuming=bool(cfg.resume), overwrite=cfg.overwrite)
+                data = read_corpus()
+            except Exception as e:
+                failure = e
+            if self.world > 1:
+                _tell_ranks(None if failure is None else str(failure).splitlines()[0] or type(failure).__name__)
+            if failure is not None:
+                raise failure
+        else:
+            why = _tell_ranks(None)
+            if why is not None:
+                raise ValueError(f"rank 0 could not start the run: {why}")
+            data = read_corpus()
         self.data, self.tokenizer = data, data.tokenizer
         share = data.stats.get("arabic_share", 1.0)
         if self.main and share < 0.5:
@@ -710,6 +725,14 @@ class _SmallestVocabulary:
     """Stands in for a tokenizer before the corpus is read: the fewest ids any has."""
 
     vocab_size, eos_id = 5, 3
+
+
+def _tell_ranks(failure: str | None) -> str | None:
+    """Rank 0's setup outcome (None: it went well), sent to every rank over a CPU (gloo)
+    group, which works whatever backend the training itself uses."""
+    box = [failure]
+    dist.broadcast_object_list(box, src=0, group=dist.new_group(backend="gloo"))
+    return box[0]
 
 
 def lock_run(out: Path) -> checkpoint.RunLock:

@@ -158,6 +158,46 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(text_corpus, tmp
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
 
 
+def _ddp_refused_worker(rank, world, init_file, corpus, out, cache, errors):
+    import torch.distributed as dist
+
+    os.environ["ARLM_CACHE"] = cache
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        Trainer(load_config(["--corpus", corpus, "--out", out, *TINY, "--max-steps", "2"])).setup()
+        Path(errors, f"rank{rank}").write_text("set up")
+    except Exception as e:
+        Path(errors, f"rank{rank}").write_text(f"{type(e).__name__}: {e}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_run_refused_by_rank_0_stops_every_rank_with_its_message(text_corpus, tmp_path):
+    """When rank 0 refused (here: --out held by another run), the other ranks died at the
+    setup barrier of gloo's lost connection (a wall of C++ text; NCCL waits for its timeout
+    instead); now each says why, in rank 0's words."""
+    import torch.multiprocessing as mp
+
+    out, errors = tmp_path / "held", tmp_path / "errors"
+    out.mkdir()
+    errors.mkdir()
+    held = checkpoint.RunLock(out).acquire()
+    try:
+        ctx = mp.start_processes(_ddp_refused_worker, nprocs=2, join=False, start_method="spawn",
+                                 args=(2, str(tmp_path / "init"), str(text_corpus), str(out),
+                                       os.environ["ARLM_CACHE"], str(errors)))
+        for p in ctx.processes:
+            p.join(timeout=120)
+        assert not any(p.is_alive() for p in ctx.processes), "a rank is still waiting"
+    finally:
+        for p in ctx.processes:
+            p.kill()
+        held.release()
+    assert (errors / "rank0").read_text().startswith("RunInUse: ") and "in use by another training run" in (errors / "rank0").read_text()
+    assert (errors / "rank1").read_text() == "ValueError: rank 0 could not start the run: " + (errors / "rank0").read_text()[len("RunInUse: "):]
+
+
 def test_tokenizer_specs_and_normalize_options_reach_the_tokenizer(capsys):
     specs = sorted(Path(__file__).resolve().parent.parent.glob("tokenizers/*.toml"))
     assert len(specs) >= 4
