@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,10 @@ class RunLock:
     """One training process per run directory: an exclusive `flock` on DIR/.lock, held
     for the life of the run, with the holder's PID written in the file for the message
     a second run gets. The system releases an flock when its process ends, however it
-    ends (kill -9 included), so a crash never leaves a stale lock; the file itself stays."""
+    ends (kill -9 included), so a crash never leaves a stale lock; the file itself stays.
+    A forked child (the corpus workers) closes its copy of the descriptor at once: an
+    flock lives while any copy is open, and a worker outliving a killed run must not keep
+    the directory locked under a dead PID."""
 
     def __init__(self, directory: str | os.PathLike):
         self.path = Path(directory) / LOCK_FILE
@@ -180,9 +184,11 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        _held.add(self)
         return self
 
     def release(self) -> None:
+        _held.discard(self)
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
@@ -200,6 +206,17 @@ class RunLock:
             pass
 
     @staticmethod
+    def _drop_in_child() -> None:
+        for lock in list(_held):
+            if lock._fd is not None:
+                try:
+                    os.close(lock._fd)
+                except OSError:
+                    pass
+                lock._fd = None
+        _held.clear()
+
+    @staticmethod
     def holder(directory: str | os.PathLike) -> int | str | None:
         """The PID of the process training in `directory` now, or None when none is."""
         try:
@@ -213,6 +230,10 @@ class RunLock:
         finally:
             os.close(fd)
         return None
+
+
+_held: "weakref.WeakSet[RunLock]" = weakref.WeakSet()  # the locks this process holds
+os.register_at_fork(after_in_child=RunLock._drop_in_child)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -333,3 +333,34 @@ def test_a_full_disk_during_training_is_a_failed_run_in_one_line(tmp_path, text_
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: cannot write the checkpoint ") and "no space left on device" in err
     assert not any(".tmp" in p.name for p in (tmp_path / "run").iterdir())
+
+
+def test_a_forked_worker_does_not_keep_a_killed_runs_lock(tmp_path):
+    """An flock lives while any copy of its descriptor is open: a corpus worker forked by
+    the run, still alive after the run was killed, kept the directory locked under the
+    dead run's PID."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, time; from arlm.checkpoint import RunLock; lock = RunLock(%r).acquire(); pid = os.fork()\n"
+            "if pid == 0: time.sleep(60); os._exit(0)\n"
+            "print(pid, flush=True); time.sleep(60)") % str(tmp_path)
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(run.stdout.readline())
+    try:
+        assert ckpt.RunLock.holder(tmp_path) == run.pid
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        os.kill(child, 0)  # the worker lives on
+        time.sleep(0.05)
+        assert ckpt.RunLock.holder(tmp_path) is None
+        with ckpt.RunLock(tmp_path):
+            pass
+    finally:
+        run.kill()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
