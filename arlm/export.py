@@ -106,7 +106,12 @@ class StepModule(nn.Module):
         if not self.adaptive:
             if engine.decoder is None:
                 raise ValueError("the engine has neither a decoder nor an adaptive softmax: nothing to export")
-            self.register_buffer("dec_W", tr(engine.decoder.weight))
+            # Tied weights are stored once: the output layer reads the embedding matrix itself
+            # (one initializer for the Gather and the Gemm), not a transposed second copy.
+            self.tied = tuple(engine.decoder.weight.shape) == tuple(engine.embedding.shape) and torch.equal(
+                engine.decoder.weight.detach().cpu(), engine.embedding.detach().cpu())
+            if not self.tied:
+                self.register_buffer("dec_W", tr(engine.decoder.weight))
             self.register_buffer("dec_b", cpu(engine.decoder.bias) if engine.decoder.bias is not None
                                  else torch.zeros(cfg.vocab_size))
             self.tails = 0
@@ -136,7 +141,8 @@ class StepModule(nn.Module):
     def log_probs(self, y: Tensor) -> Tensor:
         """Features (B, E) → log-probabilities over the whole vocabulary (B, V)."""
         if not self.adaptive:
-            return F.log_softmax(y @ self.dec_W + self.dec_b, dim=-1)
+            logits = F.linear(y, self.embedding, self.dec_b) if self.tied else y @ self.dec_W + self.dec_b
+            return F.log_softmax(logits, dim=-1)
         logits = y @ self.head_W
         if self.has_head_bias:
             logits = logits + self.head_b

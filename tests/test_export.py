@@ -145,6 +145,23 @@ def test_onnx_step_gives_the_engines_log_probs_states_and_gates(exported, kind):
     assert np.abs(h[second - 1]).max() > 1e-3  # ... although the state before it was not zero
 
 
+def test_tied_weights_are_stored_once(exported):
+    """A tied full softmax reads the embedding initializer itself (a Gemm with transB), not a
+    transposed second copy; its answers are checked with every kind above."""
+    def matrices(kind):
+        graph = onnx.load(str(exported(kind)[2])).graph
+        readers = {}
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node.op_type)
+        return {i.name: readers.get(i.name, []) for i in graph.initializer if len(i.dims) == 2}
+
+    tied, untied = matrices("full-tied"), matrices("full")
+    assert sorted(tied["embedding"]) == ["Gather", "Gemm"] and "dec_W" not in tied
+    assert tied.keys() == {"embedding", "W0", "proj_W"}
+    assert untied["embedding"] == ["Gather"] and untied["dec_W"] == ["MatMul"]  # untied: a matrix of its own
+
+
 def test_onnx_gates_are_what_gate_recording_shows(exported):
     engine, tok, path = exported("adaptive-tied")
     sentence = DOCS[7]
