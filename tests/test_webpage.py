@@ -303,7 +303,8 @@ SENTENCE = "قرأت البنت كتابا جميلا في المكتبة"
 def test_page_in_headless_chromium_from_file(exported, tmp_path):
     """From file://, with every other request blocked: the suggestions for five typed texts
     are Predictor.complete's, a letter inside a word costs no model step, clicking a
-    suggestion replaces the word being typed, the gates shown are arlm.gates.record's, and
+    suggestion replaces the word being typed (with the cursor at the end, and inside an
+    earlier word), the gates shown are arlm.gates.record's, and
     typed markup stays text."""
     try:
         from playwright.sync_api import sync_playwright
@@ -341,6 +342,21 @@ def test_page_in_headless_chromium_from_file(exported, tmp_path):
             typed = page.input_value("#text")
             assert typed == "ذهب الولد إلى " + lm.complete("ذهب الولد إلى الم", k=1)[0].word + " "
             _check(_suggestions(page), lm.complete(typed, k=5))
+
+            # the cursor moved back into a word: the text before it is completed, and a chosen
+            # word replaces the whole word, the text after it kept
+            _type(page, "ذهب الولد إلى المكتبة الكبيرة")
+            _suggestions(page)
+            at = len("ذهب الولد إلى الم")
+            page.evaluate(f"document.getElementById('text').setSelectionRange({at}, {at})")
+            page.keyboard.press("Shift")  # a key that types nothing: only the cursor moved
+            _check(_suggestions(page), lm.complete("ذهب الولد إلى الم", k=5))
+            page.click(".sug >> nth=0")
+            word = lm.complete("ذهب الولد إلى الم", k=1)[0].word
+            assert page.input_value("#text") == "ذهب الولد إلى " + word + " الكبيرة"
+            caret = page.eval_on_selector("#text", "e => [e.selectionStart, e.selectionEnd]")
+            assert caret == [len("ذهب الولد إلى " + word + " ")] * 2
+            _check(_suggestions(page), lm.complete("ذهب الولد إلى " + word + " ", k=5))
 
             # the gates of a typed sentence, as arlm.gates.record records them
             _type(page, SENTENCE + " ")

@@ -123,6 +123,12 @@
     return { text, split, suggestions };
   }
 
+  // What is completed is the text before the cursor, wherever the cursor is (the end, once typed).
+  function beforeCursor() {
+    const area = $("text");
+    return area.value.slice(0, area.selectionStart == null ? area.value.length : area.selectionStart);
+  }
+
   // Updates run one at a time; text typed meanwhile is read once the current one is done.
   let running = false, again = false, waiters = [];
   async function schedule() {
@@ -131,8 +137,8 @@
     try {
       do {
         again = false;
-        const result = await update($("text").value);
-        if (result.text === $("text").value) show(result);
+        const result = await update(beforeCursor());
+        if (result.text === beforeCursor()) show(result);
         else again = true;
       } while (again);
     } catch (e) {
@@ -182,12 +188,18 @@
     renderGates(false);
   }
 
-  function choose(word) {            // the word being typed (or none, at a boundary) replaced by `word`
+  // The word being typed (or none, at a boundary) replaced by `word`, with the rest of that
+  // word after the cursor when the cursor is inside one; what follows the word is kept, and
+  // the cursor goes after the word and one space.
+  function choose(word) {
     const area = $("text"), split = api.split;
     if (!split) return;
-    area.value = area.value.slice(0, split.start) + word + " ";
+    const rest = area.value.slice(completer.wordEnd(area.value, area.selectionEnd == null ? area.value.length : area.selectionEnd));
+    const spaced = rest.startsWith(" ") ? rest : " " + rest;
+    area.value = area.value.slice(0, split.start) + word + spaced;
     area.focus();
-    area.setSelectionRange(area.value.length, area.value.length);
+    const caret = split.start + word.length + 1;
+    area.setSelectionRange(caret, caret);
     schedule();
   }
 
@@ -265,7 +277,8 @@
     [L, H] = shape(session);
     view = ArlmGateView.create(G, L, H, () => shown, renderGates);
     const area = $("text");
-    area.addEventListener("input", schedule);
+    // typing, and the cursor moved (keys, a click, a selection) without typing
+    for (const event of ["input", "keyup", "click", "select", "selectionchange"]) area.addEventListener(event, schedule);
     area.disabled = false;
     area.focus();
     await schedule();                 // the empty text: next-word guesses at the start of a document

@@ -88,6 +88,18 @@
       return { context: before, prefix: words.length ? words[0] : "", start: before.length };
     }
 
+    // Where the word that goes on at `at` (a UTF-16 index of `text`) ends: what a chosen
+    // suggestion replaces after the cursor when the cursor is inside a word.
+    function wordEnd(text, at) {
+      let end = at;
+      while (end < text.length) {
+        const c = text.codePointAt(end);
+        if (space.has(c) || splits(c)) break;
+        end += c > 0xffff ? 2 : 1;
+      }
+      return end;
+    }
+
     const allowed = (i, punctuation, numbers) =>
       kinds[i] === "word" || (punctuation && kinds[i] === "punctuation") || (numbers && kinds[i] === "number");
 
@@ -112,7 +124,7 @@
       return top.map((i) => ({ id: i, word: tokens[i], probability: probs[i], share: total > 0 ? probs[i] / total : 0 }));
     }
 
-    return { normalize, tokenize, encode, split, suggest, kinds, sortedWords, special: ids };
+    return { normalize, tokenize, encode, split, wordEnd, suggest, kinds, sortedWords, special: ids };
   }
 
   return { makeCompleter, specialIds, compare };
