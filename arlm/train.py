@@ -249,6 +249,7 @@ class Trainer:
         # The sizes alone, before the corpus is read: with the smallest vocabulary there is,
         # does the model fit at all? (The exact check follows once the tokenizer is known.)
         check_model_fits(cfg.model_config(_SmallestVocabulary()), cfg.optim.optimizer, vocab_known=False)
+
         def read_corpus():
             return prepare(cfg.data.corpus, cfg.tokenizer, workers=cfg.data.workers or None,
                            encoding_errors=cfg.data.encoding_errors, field_name=cfg.data.text_field, verbose=self.main)
