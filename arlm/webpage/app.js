@@ -277,8 +277,11 @@
     [L, H] = shape(session);
     view = ArlmGateView.create(G, L, H, () => shown, renderGates);
     const area = $("text");
-    // typing, and the cursor moved (keys, a click, a selection) without typing
-    for (const event of ["input", "keyup", "click", "select", "selectionchange"]) area.addEventListener(event, schedule);
+    area.addEventListener("input", schedule);
+    // the cursor moved without typing (keys, a click, a selection): read again only if the
+    // text before it changed, not once more for every key already read by "input"
+    const moved = () => { if (beforeCursor() !== api.text) schedule(); };
+    for (const event of ["keyup", "click", "select", "selectionchange"]) area.addEventListener(event, moved);
     area.disabled = false;
     area.focus();
     await schedule();                 // the empty text: next-word guesses at the start of a document
