@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from arlm import fast
 from arlm.cell import LSTMCell, Trace
 from arlm.config import ModelConfig
 
@@ -198,9 +199,11 @@ class LanguageModel(nn.Module):
         return Output(y, state, loss, traces)
 
     def nll(self, features: Tensor, targets: Tensor) -> Tensor:
-        """Per-token negative log-likelihood, features (N, E), targets (N,)."""
+        """Per-token negative log-likelihood, features (N, E), targets (N,). The adaptive
+        softmax's is `-self.adaptive(features, targets).output`, computed by the fast backend
+        (equal to it; a tail cluster's log-softmax without its full logit matrix)."""
         if self.adaptive is not None:
-            return -self.adaptive(features, targets).output
+            return fast.adaptive_nll(self.adaptive, features, targets)
         return F.cross_entropy(self.decoder(features), targets, reduction="none")
 
     def log_probs(self, features: Tensor) -> Tensor:

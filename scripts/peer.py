@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from arlm import batching
 from arlm.config import ModelConfig, OptimConfig, TrainConfig
+from arlm.fast import adaptive_nll
 from arlm.model import TiedHead
 from arlm.train import lr_at
 
@@ -97,9 +98,10 @@ class Peer(nn.Module):
         return self.ln(x)
 
     def nll(self, ids: Tensor, targets: Tensor) -> Tensor:
-        """Per-token negative log-likelihood, (B, T)."""
+        """Per-token negative log-likelihood, (B, T): arlm's adaptive-softmax loss (its tail
+        clusters in C where they apply), so both models get the same output layer's speed."""
         f = self.features(ids)
-        return -self.adaptive(f.reshape(-1, f.shape[-1]), targets.reshape(-1)).output.view(targets.shape)
+        return adaptive_nll(self.adaptive, f.reshape(-1, f.shape[-1]), targets.reshape(-1)).view(targets.shape)
 
 
 @torch.no_grad()

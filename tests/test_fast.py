@@ -351,3 +351,114 @@ def test_gpu_check_script_runs_its_cpu_smoke_mode(tmp_path, capsys):
         assert kernel.load() is not None  # the C step is back on after the torch-ops side ran
     finally:
         kernel.set_enabled(True)
+
+
+# --- the adaptive softmax's tail clusters (arlm/fast/adaptive.py) --------------------------
+
+
+def zipf(V: int, n: int) -> torch.Tensor:
+    return torch.distributions.Categorical(probs=1 / torch.arange(1, V + 1).float()).sample((n,))
+
+
+def loss_and_grads(fn, asm, x, t, g):
+    out = fn(asm, x, t)
+    return out, torch.autograd.grad(out, [x, *asm.parameters()], g, allow_unused=True)
+
+
+def torch_nll(asm, x, t):
+    return -asm(x, t).output
+
+
+# (vocabulary, in features, cutoffs, tokens): the §5 shape (clusters 64 and 16 wide, 40,000
+# words, not a whole number of blocks), widths of 32 and 8 (whole vectors for some builds
+# only: the others take torch's way for that cluster), a single token, a cluster nobody hits.
+ADAPTIVE_CASES = [(50000, 256, [2000, 10000], 300), (3001, 128, [100, 1000], 77), (700, 128, [50, 300], 1),
+                  (500, 64, [10, 100], 40)]
+
+
+@pytest.mark.parametrize("isa", [*ISAS, "torch ops"])
+@pytest.mark.parametrize("V,E,cutoffs,N", ADAPTIVE_CASES)
+def test_adaptive_nll_equals_torch_module_values_and_every_gradient(isa, V, E, cutoffs, N):
+    from arlm.fast import adaptive_nll
+
+    torch.manual_seed(V + N)
+    asm = nn.AdaptiveLogSoftmaxWithLoss(E, V, cutoffs, 4.0)
+    x = torch.randn(N, E, requires_grad=True)
+    t = zipf(V, N)
+    if V == 500:
+        t = t.clamp(max=99)  # the last cluster gets no token
+    else:
+        t[0] = V - 1  # the last word of the last cluster: the partial last block
+    g = torch.randn(N)
+    want, want_grads = loss_and_grads(torch_nll, asm, x, t, g)
+    try:
+        kernel.set_enabled(isa != "torch ops", isa=None if isa == "torch ops" else isa)
+        got, got_grads = loss_and_grads(adaptive_nll, asm, x, t, g)
+    finally:
+        kernel.set_enabled(True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+    names = ["x", *(n for n, _ in asm.named_parameters())]
+    for name, a, b in zip(names, got_grads, want_grads):
+        if b is None:  # a cluster without tokens has no gradient either way
+            assert a is None or not a.any(), name
+            continue
+        # float32 sums over up to 40,000 words in another order: 1e-5 of the gradient's scale
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        assert (a - b).norm() <= 1e-5 * b.norm(), name
+
+
+def test_c_clusters_run_where_they_apply_and_give_the_same_answer_on_every_thread_count():
+    from arlm.fast import adaptive
+    from arlm.fast.adaptive import ClusterLogProb
+
+    torch.manual_seed(4)
+    asm = nn.AdaptiveLogSoftmaxWithLoss(256, 50000, [2000, 10000], 4.0)
+    x, t = torch.randn(400, 256), zipf(50000, 400)
+    calls = []
+    real = ClusterLogProb.apply
+    adaptive.ClusterLogProb.apply = lambda *a: calls.append(a[0].shape) or real(*a)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            outs.append(adaptive.adaptive_nll(asm, x, t))
+    finally:
+        torch.set_num_threads(before)
+        adaptive.ClusterLogProb.apply = real
+    assert sorted(s[1] for s in calls[:2]) == [16, 64]  # both clusters went through C
+    assert torch.equal(outs[1], outs[2])                 # the same threads: the same bits
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
+
+
+def test_c_clusters_propagate_nan_and_refuse_targets_out_of_range():
+    from arlm.fast import adaptive_nll
+
+    torch.manual_seed(5)
+    asm = nn.AdaptiveLogSoftmaxWithLoss(128, 3000, [100, 1000], 4.0)
+    x, t = torch.randn(50, 128), torch.full((50,), 2000)
+    t[:10] = 5
+    with torch.no_grad():
+        asm.tail[1][1].weight[1234, 0] = float("nan")  # one word of the last cluster
+    out = adaptive_nll(asm, x, t)
+    assert torch.isnan(out[10:]).all() and not torch.isnan(out[:10]).any()
+    t[3] = 3000
+    with pytest.raises(RuntimeError, match=r"Target values should be in \[0, 2999\]"):
+        adaptive_nll(asm, x, t)
+
+
+def test_model_loss_under_bfloat16_autocast_is_torch_modules():
+    """Autocast changes what torch's module computes (bfloat16 products); the C clusters
+    read float32, so under autocast the loss must be torch's own."""
+    from arlm.config import ModelConfig
+    from arlm.model import LanguageModel
+
+    torch.manual_seed(6)
+    model = LanguageModel(ModelConfig(vocab_size=3000, emb_size=128, hidden_size=64, cutoffs=[100, 1000]))
+    ids = zipf(3000, 5 * 3).view(5, 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(ids[:-1]).features.reshape(-1, 128)
+        got = model.nll(y, ids[1:].reshape(-1))
+        want = -model.adaptive(y, ids[1:].reshape(-1)).output
+    assert torch.equal(got, want)

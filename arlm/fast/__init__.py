@@ -10,6 +10,10 @@ picks one path per window and hands the work to its module:
     c_window.py     the whole window in one C call, each step's product included
     lowp.py         inference from float16/int8 weight copies (and float32 decoding steps), in C
 
+and, for the output layer,
+
+    adaptive_nll(asm, x, targets)          the adaptive softmax's loss, its tail clusters in C (adaptive.py)
+
 The tricks every path shares: the four named weights are read as one stacked matrix W
 (4H, H + I), in the order f, i, c̃, o; the x half of every gate is one big product for all
 steps before the loop (it does not depend on the recurrence); the backward pass runs the
@@ -23,9 +27,10 @@ import torch
 from torch import Tensor
 
 from arlm.fast import build, c_step, c_window, torch_loop
+from arlm.fast.adaptive import adaptive_nll
 from arlm.fast.products import LayerWeights
 
-__all__ = ["LayerWeights", "lstm_window", "prepare_keep", "run_forward", "Window"]
+__all__ = ["LayerWeights", "adaptive_nll", "lstm_window", "prepare_keep", "run_forward", "Window"]
 
 
 def _kernel_for(*tensors: Tensor) -> build.Kernel | None:

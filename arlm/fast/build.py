@@ -52,6 +52,7 @@ FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC", "-fopenmp"
 # the step shares torch's OpenMP runtime. Where it is not available the step is built
 # single-threaded (the pragma is ignored).
 FALLBACK_FLAGS = [f for f in FLAGS if f != "-fopenmp"]
+LIBS = ["-lm"]  # after the source: expf and logf (the adaptive-softmax cluster's scalar ends)
 LOW_DTYPES = {"float16": "f16", "int8": "i8"}  # smaller inference weight types → the C functions' suffix
 SUFFIX = {"float32": "f32", **LOW_DTYPES}       # every weight type the C inference products read
 
@@ -151,7 +152,7 @@ def _compile(isa: str) -> Path:
         raise FileNotFoundError("no C compiler (cc/gcc) found")
     flags = [*FLAGS, *isas()[isa][0]]
     fallback = [*FALLBACK_FLAGS, *isas()[isa][0]]
-    key_text = " ".join([cc, *flags]) + (_cpu_id() if any(f.endswith("=native") for f in flags) else "")
+    key_text = " ".join([cc, *flags, *LIBS]) + (_cpu_id() if any(f.endswith("=native") for f in flags) else "")
     key = hashlib.sha256(SOURCE.read_bytes() + key_text.encode()).hexdigest()[:16]
     out = _cache_dir() / f"lstm_step-{isa}-{key}.so"
     # A build that failed is remembered beside where it would be, with the compiler's identity:
@@ -170,9 +171,9 @@ def _compile(isa: str) -> Path:
         os.close(fd)
         try:
             try:
-                r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+                r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), *LIBS], capture_output=True, text=True)
                 if r.returncode != 0:
-                    r = subprocess.run([cc, *fallback, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+                    r = subprocess.run([cc, *fallback, "-o", tmp, str(SOURCE), *LIBS], capture_output=True, text=True)
             except OSError as e:  # CC names no program
                 raise FileNotFoundError(f"the C compiler {cc} could not be run ({e})") from e
             if r.returncode != 0:
@@ -236,6 +237,9 @@ class Kernel:
                 getattr(lib, f"arlm_lstm_sequence_{suffix}").restype = None
                 if dtype != "float32":
                     self.low.add(dtype)
+        for name in ("arlm_cluster_forward", "arlm_cluster_backward"):
+            getattr(lib, name).argtypes = [i64] * 4 + [p] * (6 if name.endswith("forward") else 8)
+            getattr(lib, name).restype = None
         self.lanes = lib.arlm_lanes()  # the vector width: the window calls need H % lanes == 0
 
     def __repr__(self) -> str:
@@ -288,6 +292,26 @@ class Kernel:
         self.lib.arlm_lstm_window_backward(
             torch.get_num_threads(), T, B, H, _ptr(W), W.shape[1], _ptr(gates), _ptr(c0), _ptr(cs), _ptr(tanh_cs),
             _ptr(keep), _ptr(d_hs), _ptr(dh), _ptr(dc), _ptr(dG), _ptr(packed), _ptr(dh_rec))
+
+    # -- one adaptive-softmax tail cluster (adaptive.py) --
+
+    def cluster_forward(self, P: Tensor, Wc: Tensor, y: Tensor, out: Tensor, lse: Tensor) -> None:
+        """out (n) = log-softmax(P · Wcᵀ)[t, y[t]] and lse (n) its log-sum-exp, never forming
+        the n × V logits. P (n, d), Wc (V, d), y (n,) int64 in [0, V)."""
+        (n, d), V, threads = P.shape, Wc.shape[0], torch.get_num_threads()
+        _f32(P, Wc, out, lse)
+        scratch = P.new_empty(threads * (2 * n * self.lanes + d * 8 * self.lanes))
+        self.lib.arlm_cluster_forward(threads, n, V, d, _ptr(P), _ptr(Wc), _ptr(y), _ptr(out), _ptr(lse),
+                                      _ptr(scratch))
+
+    def cluster_backward(self, P: Tensor, Wc: Tensor, y: Tensor, lse: Tensor, g: Tensor,
+                         dP: Tensor, dWc: Tensor) -> None:
+        """dP (n, d) and dWc (V, d) from g (n) = ∂L/∂out of cluster_forward."""
+        (n, d), V, threads = P.shape, Wc.shape[0], torch.get_num_threads()
+        _f32(P, Wc, lse, g, dP, dWc)
+        scratch = P.new_empty(threads * (n * d + (d + n) * 8 * self.lanes))
+        self.lib.arlm_cluster_backward(threads, n, V, d, _ptr(P), _ptr(Wc), _ptr(y), _ptr(lse), _ptr(g),
+                                       _ptr(dP), _ptr(dWc), _ptr(scratch))
 
     # -- inference products and windows from float32, float16 or int8 weights (lowp.py) --
 

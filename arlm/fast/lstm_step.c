@@ -15,6 +15,7 @@
    compiler; plain C99, no torch headers, so it compiles in a fraction of a second. */
 
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -571,6 +572,178 @@ void arlm_lstm_window_backward(int64_t threads, int64_t T, int64_t B, int64_t H,
         for (int64_t b = 0; b < B; b++) {
             const float k0 = keep ? keep[b] : 1.0f;
             for (int64_t j = ca * W; j < cb * W; j++) dh[b * H + j] = k0 * dh_rec[b * H + j], dc[b * H + j] *= k0;
+        }
+    }
+}
+
+/* --- One adaptive-softmax tail cluster: the target's log-probability, in one pass ----------
+
+   For n tokens with projections P (n, d) and a cluster of V words with weights Wc (V, d):
+       z[t][j] = P[t] · Wc[j]        out[t] = z[t][y[t]] - lse[t],   lse[t] = log Σ_j e^{z[t][j]}
+   torch forms the whole n × V logit matrix, its log-softmax, a zero matrix for the gather's
+   gradient and the softmax's gradient: four n × V arrays (27 MB each for 171 tokens of a
+   40,000-word cluster), bound by memory and fresh pages rather than by the narrow (d = 16)
+   products. Here the words go in blocks of BW (8 vectors) whose weights stay in L1:
+   forward, each token's logits for a block live in registers only, folded into a running
+   maximum and sum per lane (so no horizontal step per block); backward recomputes them,
+   forms ∂z = g·(onehot − softmax) for the block's tokens in an L1 buffer, and adds its two
+   products, ∂P += ∂z·Wc and ∂Wc = ∂zᵀ·P. Threads own whole word blocks, so each writes
+   its own rows of ∂Wc; their partial sums over words (lse's, ∂P's) are added in thread
+   order, so a thread count always gives the same answer. Needs d % W == 0. */
+#define BW (8 * W)
+
+static inline vf vmax_(vf a, vf b) { return select_(a > b, a, b); }
+
+/* wt[k][l] = Wc[j0 + l][k] for the block's nw words, 0 beyond them. */
+static void block_transpose(int64_t d, int64_t j0, int64_t nw, const float *Wc, float *wt) {
+    for (int64_t l = 0; l < BW; l++)
+        for (int64_t k = 0; k < d; k++) wt[k * BW + l] = l < nw ? Wc[(j0 + l) * d + k] : 0.0f;
+}
+
+/* z[v] = p · wt[:, v·W : (v+1)·W]: the block's logits for one token. */
+static inline void block_logits(int64_t d, const float *p, const float *wt, vf z[8]) {
+    for (int v = 0; v < 8; v++) z[v] = splat(0.0f);
+    for (int64_t k = 0; k < d; k++) {
+        const vf pk = splat(p[k]);
+        const float *row = wt + k * BW;
+        for (int v = 0; v < 8; v++) z[v] += pk * load(row + v * W);
+    }
+}
+
+/* Lanes of vector v that hold one of the block's nw words (all but in the last block). */
+static inline vi block_lanes(int v, int64_t nw) {
+    vi lane;
+    for (int l = 0; l < W; l++) lane[l] = v * W + l;
+    return lane < (int32_t)nw;
+}
+
+static inline float dot_(int64_t d, const float *a, const float *b) {
+    vf acc = splat(0.0f);
+    for (int64_t k = 0; k < d; k += W) acc += load(a + k) * load(b + k);
+    return hsum(acc);
+}
+
+/* Writes out (n) and lse (n). Scratch: threads · (2·n·W + d·BW) floats. */
+void arlm_cluster_forward(int64_t threads, int64_t n, int64_t V, int64_t d, const float *P, const float *Wc,
+                          const int64_t *y, float *out, float *lse, float *scratch) {
+    const int64_t nblocks = (V + BW - 1) / BW, per = 2 * n * W + d * BW;
+    const float lowest = -3.4028234663852886e38f;  /* a finite -inf: lowest − lowest is 0, not NaN */
+    for (int64_t r = 0; r < threads; r++)  /* every thread's running maxima and sums, per token and lane */
+        for (int64_t q = 0; q < n * W; q++) scratch[r * per + q] = lowest, scratch[r * per + n * W + q] = 0.0f;
+    _Pragma("omp parallel num_threads(threads) if(threads > 1 && n * V >= 65536)")
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num();
+#else
+        const int tid = 0;
+#endif
+        int ca, cb;
+        thread_chunks(nblocks, &ca, &cb);
+        float *Ml = scratch + tid * per, *Sl = Ml + n * W, *wt = Sl + n * W;
+        for (int64_t blk = ca; blk < cb; blk++) {
+            const int64_t j0 = blk * BW, nw = V - j0 < BW ? V - j0 : BW;
+            block_transpose(d, j0, nw, Wc, wt);
+            for (int64_t t = 0; t < n; t++) {
+                vf z[8];
+                block_logits(d, P + t * d, wt, z);
+                if (nw < BW)
+                    for (int v = 0; v < 8; v++) z[v] = select_(block_lanes(v, nw), z[v], splat(lowest));
+                vf mx = z[0];
+                for (int v = 1; v < 8; v++) mx = vmax_(mx, z[v]);
+                const vf m_old = load(Ml + t * W), m = vmax_(m_old, mx);
+                vf s = load(Sl + t * W) * exp_(m_old - m);
+                if (nw < BW)
+                    for (int v = 0; v < 8; v++) s += select_(block_lanes(v, nw), exp_(z[v] - m), splat(0.0f));
+                else
+                    for (int v = 0; v < 8; v++) s += exp_(z[v] - m);
+                store(Ml + t * W, m), store(Sl + t * W, s);
+            }
+        }
+        _Pragma("omp barrier")
+        _Pragma("omp for schedule(static)")
+        for (int64_t t = 0; t < n; t++) {  /* fold threads and lanes: lse = M + log Σ S e^{m − M} */
+            float M = lowest, S = 0.0f;
+            for (int64_t r = 0; r < threads; r++)
+                for (int l = 0; l < W; l++) M = scratch[r * per + t * W + l] > M ? scratch[r * per + t * W + l] : M;
+            for (int64_t r = 0; r < threads; r++)
+                for (int l = 0; l < W; l++) {
+                    const float s = scratch[r * per + n * W + t * W + l];
+                    if (s != 0.0f) S += s * expf(scratch[r * per + t * W + l] - M);  /* a NaN sum too */
+                }
+            lse[t] = M + logf(S);
+            out[t] = dot_(d, P + t * d, Wc + y[t] * d) - lse[t];
+        }
+    }
+}
+
+/* g (n): ∂L/∂out. Writes dP (n, d) and dWc (V, d). Scratch: threads · (n·d + d·BW + n·BW) floats. */
+void arlm_cluster_backward(int64_t threads, int64_t n, int64_t V, int64_t d, const float *P, const float *Wc,
+                           const int64_t *y, const float *lse, const float *g, float *dP, float *dWc, float *scratch) {
+    const int64_t nblocks = (V + BW - 1) / BW, per = n * d + d * BW + n * BW;
+    for (int64_t r = 0; r < threads; r++) memset(scratch + r * per, 0, sizeof(float) * n * d);  /* every ∂P part */
+    _Pragma("omp parallel num_threads(threads) if(threads > 1 && n * V >= 65536)")
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num();
+#else
+        const int tid = 0;
+#endif
+        int ca, cb;
+        thread_chunks(nblocks, &ca, &cb);
+        float *dPl = scratch + tid * per, *wt = dPl + n * d, *dz = wt + d * BW;  /* dz: (n, BW) */
+        for (int64_t blk = ca; blk < cb; blk++) {
+            const int64_t j0 = blk * BW, nw = V - j0 < BW ? V - j0 : BW;
+            const float *wb = Wc + j0 * d;
+            block_transpose(d, j0, nw, Wc, wt);
+            for (int64_t t = 0; t < n; t++) {  /* ∂z = g · (onehot − softmax), 0 beyond the words */
+                vf z[8];
+                block_logits(d, P + t * d, wt, z);
+                const vf l = splat(lse[t]), gt = splat(g[t]);
+                for (int v = 0; v < 8; v++) {
+                    vf e = -gt * exp_(z[v] - l);
+                    store(dz + t * BW + v * W, nw < BW ? select_(block_lanes(v, nw), e, splat(0.0f)) : e);
+                }
+                const int64_t yl = y[t] - j0;
+                if (yl >= 0 && yl < nw) dz[t * BW + yl] += g[t];
+            }
+            /* ∂Wc rows of the block: 8 words × W of their d columns at a time, over every token */
+            for (int64_t w0 = 0; w0 < nw; w0 += 8)
+                for (int64_t c = 0; c < d; c += W) {
+                    vf a[8];
+                    for (int i = 0; i < 8; i++) a[i] = splat(0.0f);
+                    for (int64_t t = 0; t < n; t++) {
+                        const vf pv = load(P + t * d + c);
+                        const float *dzt = dz + t * BW + w0;
+                        for (int i = 0; i < 8; i++) a[i] += dzt[i] * pv;
+                    }
+                    for (int i = 0; i < 8 && w0 + i < nw; i++) store(dWc + (j0 + w0 + i) * d + c, a[i]);
+                }
+            /* ∂P += ∂z · Wc[block]: 8 tokens × W columns at a time, over the block's words */
+            for (int64_t t0 = 0; t0 < n; t0 += 8) {
+                const int nt = n - t0 < 8 ? (int)(n - t0) : 8;
+                for (int64_t c = 0; c < d; c += W) {
+                    vf a[8];
+                    for (int i = 0; i < 8; i++) a[i] = i < nt ? load(dPl + (t0 + i) * d + c) : splat(0.0f);
+                    if (nt == 8)
+                        for (int64_t w = 0; w < nw; w++) {
+                            const vf wv = load(wb + w * d + c);
+                            for (int i = 0; i < 8; i++) a[i] += dz[(t0 + i) * BW + w] * wv;
+                        }
+                    else
+                        for (int64_t w = 0; w < nw; w++) {
+                            const vf wv = load(wb + w * d + c);
+                            for (int i = 0; i < nt; i++) a[i] += dz[(t0 + i) * BW + w] * wv;
+                        }
+                    for (int i = 0; i < nt; i++) store(dPl + (t0 + i) * d + c, a[i]);
+                }
+            }
+        }
+        _Pragma("omp barrier")
+        _Pragma("omp for schedule(static)")
+        for (int64_t q = 0; q < n * d; q++) {
+            float sum = 0.0f;
+            for (int64_t r = 0; r < threads; r++) sum += scratch[r * per + q];
+            dP[q] = sum;
         }
     }
 }
