@@ -150,15 +150,16 @@ def step_macs(T: int, B: int, I: int, H: int, layers: int) -> int:
 def bench_e2e(args) -> dict:
     """Training step throughput at a 50k vocabulary: arlm's default model (hand-written
     stack, adaptive softmax, tied) against pytorch/examples' word_language_model setup
-    (nn.LSTM, full softmax, tied, same sizes)."""
-    V, E, H, T, B = args.vocab, args.emb, args.hidden, args.seq, args.batch
+    (nn.LSTM, full softmax, tied, same sizes); and arlm with torch's own adaptive-softmax
+    module instead of its C tail clusters (ARLM_CLUSTERS=0), to show what they save."""
+    V, E, H, T, B, L = args.vocab, args.emb, args.hidden, args.seq, args.batch, args.layers
     torch.manual_seed(0)
     # Zipf-distributed ids, like real word ranks: the adaptive softmax's saving depends on
     # most tokens being frequent ones.
     ids = torch.distributions.Categorical(probs=1 / torch.arange(1, V + 1).float()).sample((T + 1, B))
-    arlm_model = LanguageModel(ModelConfig(vocab_size=V, emb_size=E, hidden_size=H, num_layers=2))
-    ref = LanguageModel(ModelConfig(vocab_size=V, emb_size=E, hidden_size=H, num_layers=2, softmax="full", tie_weights=False))
-    torch_lstm = nn.LSTM(E, H, 2, dropout=0.2)
+    arlm_model = LanguageModel(ModelConfig(vocab_size=V, emb_size=E, hidden_size=H, num_layers=L))
+    ref = LanguageModel(ModelConfig(vocab_size=V, emb_size=E, hidden_size=H, num_layers=L, softmax="full", tie_weights=False))
+    torch_lstm = nn.LSTM(E, H, L, dropout=0.2 if L > 1 else 0.0)
     arlm_model.embedding.sparse = True  # as arlm.train makes it: row-wise embedding updates, fused AdamW for the rest
     opt_a = RowAdamW(arlm_model.parameters(), lr=1e-3, fused=True)
     opt_r = torch.optim.SGD(list(ref.parameters()) + list(torch_lstm.parameters()), lr=20)
@@ -169,6 +170,13 @@ def bench_e2e(args) -> dict:
         loss.backward()
         clip_grad_norm(arlm_model.parameters(), 0.25)
         opt_a.step()
+
+    def step_arlm_torch_clusters():
+        os.environ["ARLM_CLUSTERS"] = "0"
+        try:
+            step_arlm()
+        finally:
+            del os.environ["ARLM_CLUSTERS"]
 
     def step_ref():  # embedding → nn.LSTM → (projection) → full softmax, as word_language_model
         x = ref.embedding(ids[:-1])
@@ -181,10 +189,12 @@ def bench_e2e(args) -> dict:
         torch.nn.utils.clip_grad_norm_(opt_r.param_groups[0]["params"], 0.25)
         opt_r.step()
 
-    t = interleaved({"arlm": step_arlm, "reference": step_ref}, args.repeats, warmup=1)
+    t = interleaved({"arlm": step_arlm, "torch clusters": step_arlm_torch_clusters, "reference": step_ref},
+                    args.repeats, warmup=1)
     tokens = T * B
-    row = {"vocab": V, "emb": E, "hidden": H, "arlm tok/s": tokens / t["arlm"],
-           "reference tok/s": tokens / t["reference"], "ratio": t["reference"] / t["arlm"]}
+    row = {"vocab": V, "emb": E, "hidden": H, "layers": L, "arlm tok/s": tokens / t["arlm"],
+           "torch-clusters tok/s": tokens / t["torch clusters"], "reference tok/s": tokens / t["reference"],
+           "ratio": t["reference"] / t["arlm"], "clusters gain": t["torch clusters"] / t["arlm"]}
     print(table([row], list(row)))
     return {"rows": [row]}
 
@@ -899,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (default: 10)")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="cell: hidden sizes (default: 256 512 1024)")
-    p.add_argument("--layers", type=int, default=2, help="cell: layers (default: 2)")
+    p.add_argument("--layers", type=int, default=2, help="cell/e2e: layers (default: 2; §5's model has 1)")
     p.add_argument("--seq", type=int, default=35, help="sequence length (default: 35)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
     p.add_argument("--device", default="auto", help="cell: auto (GPU when there is one) or cpu (default: auto)")

@@ -14,10 +14,14 @@ each token's target logit and log-sum-exp: lstm_step.c (arlm_cluster_*) runs ove
 in L1-sized blocks with the logits kept in registers, and the backward recomputes them.
 
 The head (the shortlist plus one row per cluster) is a dense, well-shaped product and stays
-with torch. Off CPU float32, under autocast or without a compiler, it is torch's module.
+with torch. Off CPU float32, under autocast, without a compiler or with ARLM_CLUSTERS=0, it
+is torch's module; a cluster whose width is not whole vectors of the build is torch's
+log-softmax and gather.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +52,10 @@ class ClusterLogProb(torch.autograd.Function):
 
 
 def _kernel(x: Tensor, asm: nn.AdaptiveLogSoftmaxWithLoss) -> build.Kernel | None:
-    """The compiled kernel where the C clusters apply: CPU float32 everywhere, no autocast."""
+    """The compiled kernel where the C clusters apply: CPU float32 everywhere, no autocast
+    (ARLM_CLUSTERS=0 turns them off, for comparisons)."""
+    if os.environ.get("ARLM_CLUSTERS", "1") == "0":
+        return None
     tensors = [x, *asm.parameters()]
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or x.dim() != 2:
         return None

@@ -594,6 +594,23 @@ void arlm_lstm_window_backward(int64_t threads, int64_t T, int64_t B, int64_t H,
 
 static inline vf vmax_(vf a, vf b) { return select_(a > b, a, b); }
 
+/* e^x for x ≤ 0 (a logit minus a maximum or a log-sum-exp): exp_ without its upper clamp. */
+static inline vf exp_nonpos_(vf x) {
+    x = vmax_(x, splat(-87.3365447504019f));
+    vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vf p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    vf scale; memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 /* wt[k][l] = Wc[j0 + l][k] for the block's nw words, 0 beyond them. */
 static void block_transpose(int64_t d, int64_t j0, int64_t nw, const float *Wc, float *wt) {
     for (int64_t l = 0; l < BW; l++)
@@ -651,11 +668,11 @@ void arlm_cluster_forward(int64_t threads, int64_t n, int64_t V, int64_t d, cons
                 vf mx = z[0];
                 for (int v = 1; v < 8; v++) mx = vmax_(mx, z[v]);
                 const vf m_old = load(Ml + t * W), m = vmax_(m_old, mx);
-                vf s = load(Sl + t * W) * exp_(m_old - m);
+                vf s = load(Sl + t * W) * exp_nonpos_(m_old - m);
                 if (nw < BW)
-                    for (int v = 0; v < 8; v++) s += select_(block_lanes(v, nw), exp_(z[v] - m), splat(0.0f));
+                    for (int v = 0; v < 8; v++) s += select_(block_lanes(v, nw), exp_nonpos_(z[v] - m), splat(0.0f));
                 else
-                    for (int v = 0; v < 8; v++) s += exp_(z[v] - m);
+                    for (int v = 0; v < 8; v++) s += exp_nonpos_(z[v] - m);
                 store(Ml + t * W, m), store(Sl + t * W, s);
             }
         }
@@ -700,7 +717,7 @@ void arlm_cluster_backward(int64_t threads, int64_t n, int64_t V, int64_t d, con
                 block_logits(d, P + t * d, wt, z);
                 const vf l = splat(lse[t]), gt = splat(g[t]);
                 for (int v = 0; v < 8; v++) {
-                    vf e = -gt * exp_(z[v] - l);
+                    vf e = -gt * exp_nonpos_(z[v] - l);
                     store(dz + t * BW + v * W, nw < BW ? select_(block_lanes(v, nw), e, splat(0.0f)) : e);
                 }
                 const int64_t yl = y[t] - j0;
