@@ -594,9 +594,10 @@ void arlm_lstm_window_backward(int64_t threads, int64_t T, int64_t B, int64_t H,
 
 static inline vf vmax_(vf a, vf b) { return select_(a > b, a, b); }
 
-/* e^x for x ≤ 0 (a logit minus a maximum or a log-sum-exp): exp_ without its upper clamp. */
+/* e^x for x ≤ 0 (a logit minus a maximum or a log-sum-exp): exp_ without its upper clamp.
+   The clamp keeps a NaN (it compares false). */
 static inline vf exp_nonpos_(vf x) {
-    x = vmax_(x, splat(-87.3365447504019f));
+    x = select_(x < -87.3365447504019f, splat(-87.3365447504019f), x);
     vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
     vf p = splat(1.9875691500e-4f);
