@@ -26,6 +26,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from arlm.fast import build
 
@@ -36,7 +37,7 @@ class ClusterLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, P: Tensor, Wc: Tensor, y: Tensor, kernel: build.Kernel) -> Tensor:
-        P, Wc, y = P.contiguous(), Wc.contiguous(), y.contiguous()
+        P, Wc, y = P.contiguous(), Wc.contiguous(), y.to(torch.int64).contiguous()
         out, lse = P.new_empty(P.shape[0]), P.new_empty(P.shape[0])
         kernel.cluster_forward(P, Wc, y, out, lse)
         ctx.kernel = kernel
@@ -44,6 +45,7 @@ class ClusterLogProb(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the backward is C, not torch operations: no gradient of a gradient
     def backward(ctx, g: Tensor):
         P, Wc, y, lse = ctx.saved_tensors
         dP, dWc = torch.empty_like(P), torch.empty_like(Wc)

@@ -300,6 +300,8 @@ class Kernel:
         the n × V logits. P (n, d), Wc (V, d), y (n,) int64 in [0, V)."""
         (n, d), V, threads = P.shape, Wc.shape[0], torch.get_num_threads()
         _f32(P, Wc, out, lse)
+        if y.dtype != torch.int64 or d % self.lanes:
+            raise ValueError(f"cluster_forward needs int64 targets and a width of whole vectors ({self.lanes})")
         scratch = P.new_empty(threads * (2 * n * self.lanes + d * 8 * self.lanes))
         self.lib.arlm_cluster_forward(threads, n, V, d, _ptr(P), _ptr(Wc), _ptr(y), _ptr(out), _ptr(lse),
                                       _ptr(scratch))
