@@ -462,3 +462,15 @@ def test_model_loss_under_bfloat16_autocast_is_torch_modules():
         got = model.nll(y, ids[1:].reshape(-1))
         want = -model.adaptive(y, ids[1:].reshape(-1)).output
     assert torch.equal(got, want)
+
+
+def test_cluster_kernel_reads_int32_targets_as_int64_and_refuses_a_partial_vector_width():
+    from arlm.fast.adaptive import ClusterLogProb
+
+    torch.manual_seed(7)
+    k = kernel.load()
+    P, Wc, y = torch.randn(5, 2 * k.lanes), torch.randn(300, 2 * k.lanes), torch.randint(0, 300, (5,))
+    want = torch.log_softmax(P @ Wc.t(), 1).gather(1, y[:, None]).squeeze(1)
+    torch.testing.assert_close(ClusterLogProb.apply(P, Wc, y.int(), k), want, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="whole vectors"):
+        k.cluster_forward(P[:, 1:].contiguous(), Wc[:, 1:].contiguous(), y, torch.empty(5), torch.empty(5))
