@@ -53,10 +53,10 @@ static inline vf select_(vi mask, vf a, vf b) {  /* mask ? a : b, lane by lane *
    its input from the other core's cache. Small steps stay on one thread. */
 #define PARALLEL_ROWS _Pragma("omp parallel for num_threads(threads) if(threads > 1 && B > 1 && B * H >= 4096) schedule(static)")
 
-/* e^x to about 2 ulp (Cephes' polynomial). NaN stays NaN (the clamps compare, and a
-   NaN compares false), so a diverging run is still caught by the NaN check on the loss. */
-static inline vf exp_(vf x) {
-    x = select_(x > 88.3762626647949f, splat(88.3762626647949f), x);
+/* e^x to about 2 ulp (Cephes' polynomial) for x ≤ 88.37 — e.g. a logit minus its maximum,
+   which is never positive. NaN stays NaN (the clamp compares, and a NaN compares false),
+   so a diverging run is still caught by the NaN check on the loss. */
+static inline vf exp_upto_(vf x) {
     x = select_(x < -87.3365447504019f, splat(-87.3365447504019f), x);
     /* n = round(x / ln 2): adding and subtracting 1.5 * 2^23 rounds to an integer. */
     vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -72,6 +72,9 @@ static inline vf exp_(vf x) {
     vf scale; memcpy(&scale, &bits, sizeof scale);
     return p * scale;
 }
+
+/* e^x for any x (clamped where float32's e^x overflows). */
+static inline vf exp_(vf x) { return exp_upto_(select_(x > 88.3762626647949f, splat(88.3762626647949f), x)); }
 
 static inline vf sigmoid_(vf x) { return 1.0f / (1.0f + exp_(-x)); }
 
@@ -594,22 +597,15 @@ void arlm_lstm_window_backward(int64_t threads, int64_t T, int64_t B, int64_t H,
 
 static inline vf vmax_(vf a, vf b) { return select_(a > b, a, b); }
 
-/* e^x for x ≤ 0 (a logit minus a maximum or a log-sum-exp): exp_ without its upper clamp.
-   The clamp keeps a NaN (it compares false). */
-static inline vf exp_nonpos_(vf x) {
-    x = select_(x < -87.3365447504019f, splat(-87.3365447504019f), x);
-    vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-    vf scale; memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+/* Small clusters (a few tokens, or few words) stay on one thread. */
+#define CLUSTER_PARALLEL _Pragma("omp parallel num_threads(threads) if(threads > 1 && n * V >= 65536)")
+
+static inline int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
 }
 
 /* wt[k][l] = Wc[j0 + l][k] for the block's nw words, 0 beyond them. */
@@ -648,13 +644,9 @@ void arlm_cluster_forward(int64_t threads, int64_t n, int64_t V, int64_t d, cons
     const float lowest = -3.4028234663852886e38f;  /* a finite -inf: lowest − lowest is 0, not NaN */
     for (int64_t r = 0; r < threads; r++)  /* every thread's running maxima and sums, per token and lane */
         for (int64_t q = 0; q < n * W; q++) scratch[r * per + q] = lowest, scratch[r * per + n * W + q] = 0.0f;
-    _Pragma("omp parallel num_threads(threads) if(threads > 1 && n * V >= 65536)")
+    CLUSTER_PARALLEL
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num();
-#else
-        const int tid = 0;
-#endif
+        const int tid = thread_id();
         int ca, cb;
         thread_chunks(nblocks, &ca, &cb);
         float *Ml = scratch + tid * per, *Sl = Ml + n * W, *wt = Sl + n * W;
@@ -669,11 +661,11 @@ void arlm_cluster_forward(int64_t threads, int64_t n, int64_t V, int64_t d, cons
                 vf mx = z[0];
                 for (int v = 1; v < 8; v++) mx = vmax_(mx, z[v]);
                 const vf m_old = load(Ml + t * W), m = vmax_(m_old, mx);
-                vf s = load(Sl + t * W) * exp_nonpos_(m_old - m);
+                vf s = load(Sl + t * W) * exp_upto_(m_old - m);
                 if (nw < BW)
-                    for (int v = 0; v < 8; v++) s += select_(block_lanes(v, nw), exp_nonpos_(z[v] - m), splat(0.0f));
+                    for (int v = 0; v < 8; v++) s += select_(block_lanes(v, nw), exp_upto_(z[v] - m), splat(0.0f));
                 else
-                    for (int v = 0; v < 8; v++) s += exp_nonpos_(z[v] - m);
+                    for (int v = 0; v < 8; v++) s += exp_upto_(z[v] - m);
                 store(Ml + t * W, m), store(Sl + t * W, s);
             }
         }
@@ -699,13 +691,9 @@ void arlm_cluster_backward(int64_t threads, int64_t n, int64_t V, int64_t d, con
                            const int64_t *y, const float *lse, const float *g, float *dP, float *dWc, float *scratch) {
     const int64_t nblocks = (V + BW - 1) / BW, per = n * d + d * BW + n * BW;
     for (int64_t r = 0; r < threads; r++) memset(scratch + r * per, 0, sizeof(float) * n * d);  /* every ∂P part */
-    _Pragma("omp parallel num_threads(threads) if(threads > 1 && n * V >= 65536)")
+    CLUSTER_PARALLEL
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num();
-#else
-        const int tid = 0;
-#endif
+        const int tid = thread_id();
         int ca, cb;
         thread_chunks(nblocks, &ca, &cb);
         float *dPl = scratch + tid * per, *wt = dPl + n * d, *dz = wt + d * BW;  /* dz: (n, BW) */
@@ -718,7 +706,7 @@ void arlm_cluster_backward(int64_t threads, int64_t n, int64_t V, int64_t d, con
                 block_logits(d, P + t * d, wt, z);
                 const vf l = splat(lse[t]), gt = splat(g[t]);
                 for (int v = 0; v < 8; v++) {
-                    vf e = -gt * exp_nonpos_(z[v] - l);
+                    vf e = -gt * exp_upto_(z[v] - l);
                     store(dz + t * BW + v * W, nw < BW ? select_(block_lanes(v, nw), e, splat(0.0f)) : e);
                 }
                 const int64_t yl = y[t] - j0;
