@@ -172,11 +172,15 @@ def bench_e2e(args) -> dict:
         opt_a.step()
 
     def step_arlm_torch_clusters():
+        before = os.environ.get("ARLM_CLUSTERS")
         os.environ["ARLM_CLUSTERS"] = "0"
         try:
             step_arlm()
-        finally:
-            del os.environ["ARLM_CLUSTERS"]
+        finally:  # the caller's own setting back, whatever it was
+            if before is None:
+                del os.environ["ARLM_CLUSTERS"]
+            else:
+                os.environ["ARLM_CLUSTERS"] = before
 
     def step_ref():  # embedding → nn.LSTM → (projection) → full softmax, as word_language_model
         x = ref.embedding(ids[:-1])
