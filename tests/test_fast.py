@@ -179,6 +179,36 @@ def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, thr
 _READABLE: dict = {}  # (threads, H) → the readable step's outputs and gradients
 
 
+@pytest.mark.parametrize("B", [1, 13, 32])
+def test_window_row_blocks_of_every_size_equal_readable_steps(path, B):
+    """The whole-window micro-kernel takes the batch in row blocks sized to the register file
+    (at most 6 rows on AVX2 and SSE, 8 on AVX-512, as equal as the batch allows): 1 row; 13
+    (5, 4, 4 or 7, 6); 32 (6, 6, 5, 5, 5, 5 or four 8s). Forward and every gradient against
+    autograd through the readable step, two threads, with a document reset."""
+    torch.manual_seed(B)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        T, I, H = max(3, -(-40 // B)), 5, 32  # T·B ≥ 32: the whole-window call applies
+        cell = LSTMCell(I, H)
+        x = torch.randn(T, B, I, requires_grad=True)
+        h0, c0 = torch.randn(B, H, requires_grad=True), torch.randn(B, H, requires_grad=True)
+        keep = torch.ones(T, B, 1)
+        keep[1, B - 1] = 0
+        w_out, w_h, w_c = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
+
+        def grads(run):
+            hs, h, c = run()
+            loss = (hs * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()
+            return [hs, h, c, *torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])]
+
+        fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0), keep=keep)))
+        for a, b in zip(fast, grads(lambda: readable_run(cell, x, h0, c0, keep))):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_c_step_propagates_nan():
     """A diverging run must still be seen as NaN (the exp clamps must not hide it)."""
     torch.manual_seed(0)

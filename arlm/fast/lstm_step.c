@@ -38,7 +38,10 @@ typedef int32_t vi __attribute__((vector_size(4 * W)));
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf splat(float a) { return (vf){0} + a; }
+/* a - 0 rather than 0 + a: subtracting +0 is exact for every float (-0 included), so the
+   compiler drops it and broadcasts straight from memory; adding 0 turns -0 into +0, a real
+   scalar add before every broadcast in the products' inner loops. */
+static inline vf splat(float a) { return a - (vf){0}; }
 static inline vf select_(vi mask, vf a, vf b) {  /* mask ? a : b, lane by lane */
     vi ai, bi;
     memcpy(&ai, &a, sizeof ai); memcpy(&bi, &b, sizeof bi);
@@ -434,22 +437,40 @@ static inline __attribute__((always_inline)) void panel_product(
     for (int r = 0; r < mb; r++) store(z0 + r * ldz, acc0[r]), store(z1 + r * ldz, acc1[r]);
 }
 
-/* All B rows of a against two panels, in blocks of up to 8 rows. */
+/* Rows per block: the block's 2·MR accumulators, two weight vectors and a broadcast must fit
+   the register file, or the compiler spills accumulators to the stack inside the inner loop.
+   AVX-512 has 32 registers (8 rows: 19 used); AVX2 and SSE have 16, where 8 rows spilled and
+   6 fit (15); NEON's 32 hold 6 rows of its two-register vectors. */
+#if W == 16
+#define MR 8
+#else
+#define MR 6
+#endif
+
+/* All B rows of a against two panels, in blocks of at most MR rows of near-equal size (32 rows
+   on AVX2: 6, 6, 5, 5, 5, 5 rather than five 6s and a thin, slow 2). */
 static void panels_product(int64_t B, int64_t K, const float *a, int64_t lda, const float *p0, const float *p1,
                            float *z0, float *z1, int64_t ldz) {
-    for (int64_t m = 0; m < B; m += 8) {
+    const int64_t nb = (B + MR - 1) / MR;
+    for (int64_t blk = 0, m = 0; blk < nb; blk++) {
+        const int64_t mb = (B - m) / (nb - blk) + ((B - m) % (nb - blk) != 0);  /* ceil(left / blocks left) */
         const float *am = a + m * lda;
         float *y0 = z0 + m * ldz, *y1 = z1 + m * ldz;
-        switch (B - m < 8 ? B - m : 8) {
+        switch (mb) {
             case 1: panel_product(1, K, am, lda, p0, p1, y0, y1, ldz); break;
             case 2: panel_product(2, K, am, lda, p0, p1, y0, y1, ldz); break;
             case 3: panel_product(3, K, am, lda, p0, p1, y0, y1, ldz); break;
             case 4: panel_product(4, K, am, lda, p0, p1, y0, y1, ldz); break;
             case 5: panel_product(5, K, am, lda, p0, p1, y0, y1, ldz); break;
+#if MR == 8
             case 6: panel_product(6, K, am, lda, p0, p1, y0, y1, ldz); break;
             case 7: panel_product(7, K, am, lda, p0, p1, y0, y1, ldz); break;
             default: panel_product(8, K, am, lda, p0, p1, y0, y1, ldz); break;
+#else
+            default: panel_product(6, K, am, lda, p0, p1, y0, y1, ldz); break;
+#endif
         }
+        m += mb;
     }
 }
 
