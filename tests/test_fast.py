@@ -143,6 +143,20 @@ def test_reset_mask_equals_readable_steps_with_zeroed_state_and_gradients_match(
     assert torch.autograd.gradcheck(lambda *a: Window.apply(*a, keep)[:3], (x, h0, c0, W, b))
 
 
+def _sequence(cell: LSTMCell, x, h0, c0, keep):
+    """The fast path through the cell: (hs, h, c)."""
+    hs, (h, c), _ = cell.sequence(x, (h0, c0), keep=keep)
+    return hs, h, c
+
+
+def _outputs_and_grads(cell: LSTMCell, x, h0, c0, w, run) -> list:
+    """hs, h, c of run() and the gradients of a weighted sum of them (weights w = (w_out, w_h,
+    w_c)) to x, h0, c0 and every parameter of the cell."""
+    hs, h, c = run()
+    loss = (hs * w[0]).sum() + (h * w[1]).sum() + (c * w[2]).sum()
+    return [hs, h, c, *torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("H", [260, 48])
 def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, threads, H):
@@ -160,16 +174,10 @@ def test_reset_mask_float32_forward_and_gradients_equal_readable_steps(path, thr
         h0, c0 = torch.randn(B, H, requires_grad=True), torch.randn(B, H, requires_grad=True)
         keep = torch.ones(T, B, 1)
         keep[0, 1] = keep[2, 0] = keep[2, 5] = keep[5, 15] = 0
-        w_out, w_h, w_c = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
-
-        def grads(run):
-            hs, h, c = run()
-            loss = (hs * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()
-            return [hs, h, c, *torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])]
-
-        fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0), keep=keep)))
+        w = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
+        fast = _outputs_and_grads(cell, x, h0, c0, w, lambda: _sequence(cell, x, h0, c0, keep))
         if (threads, H) not in _READABLE:  # the same for every path: computed once
-            _READABLE[threads, H] = grads(lambda: readable_run(cell, x, h0, c0, keep))
+            _READABLE[threads, H] = _outputs_and_grads(cell, x, h0, c0, w, lambda: readable_run(cell, x, h0, c0, keep))
         for a, b in zip(fast, _READABLE[threads, H]):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
     finally:
@@ -195,15 +203,9 @@ def test_window_row_blocks_of_every_size_equal_readable_steps(path, B):
         h0, c0 = torch.randn(B, H, requires_grad=True), torch.randn(B, H, requires_grad=True)
         keep = torch.ones(T, B, 1)
         keep[1, B - 1] = 0
-        w_out, w_h, w_c = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
-
-        def grads(run):
-            hs, h, c = run()
-            loss = (hs * w_out).sum() + (h * w_h).sum() + (c * w_c).sum()
-            return [hs, h, c, *torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])]
-
-        fast = grads(lambda: (lambda r: (r[0], *r[1]))(cell.sequence(x, (h0, c0), keep=keep)))
-        for a, b in zip(fast, grads(lambda: readable_run(cell, x, h0, c0, keep))):
+        w = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
+        fast = _outputs_and_grads(cell, x, h0, c0, w, lambda: _sequence(cell, x, h0, c0, keep))
+        for a, b in zip(fast, _outputs_and_grads(cell, x, h0, c0, w, lambda: readable_run(cell, x, h0, c0, keep))):
             torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
     finally:
         torch.set_num_threads(old)
