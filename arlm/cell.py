@@ -108,7 +108,7 @@ class LSTMCell(nn.Module):
         b = torch.cat([self.b_f, self.b_i, self.b_c, self.b_o])
         if weight_drop > 0 and self.training:
             H = self.hidden_size
-            W = torch.cat([F.dropout(W[:, :H], weight_drop), W[:, H:]], dim=1)
+            W = torch.cat([fast.dropout(W[:, :H], weight_drop), W[:, H:]], dim=1)  # = F.dropout
         return W, b
 
     def sequence(

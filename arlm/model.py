@@ -106,7 +106,7 @@ def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Dropout with one mask per sequence, shared across time steps. x: (T, B, F)."""
     if not training or p == 0:
         return x
-    mask = x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(1 - p) / (1 - p)
+    mask = fast.bernoulli_(x.new_empty(1, x.shape[1], x.shape[2]), 1 - p) / (1 - p)
     return x * mask
 
 
@@ -118,7 +118,7 @@ def embedding_dropout(weight: Tensor, ids: Tensor, p: float, training: bool, spa
     x = F.embedding(ids, weight, sparse=sparse)
     if not training or p == 0:
         return x
-    mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
+    mask = fast.bernoulli_(weight.new_empty(weight.shape[0], 1), 1 - p) / (1 - p)
     return x * F.embedding(ids, mask)
 
 

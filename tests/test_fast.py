@@ -3,6 +3,7 @@ forward and backward, and the stack equals torch.nn.LSTM."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from arlm.cell import LSTMCell
@@ -506,3 +507,96 @@ def test_cluster_kernel_reads_int32_targets_as_int64_and_refuses_a_partial_vecto
     torch.testing.assert_close(ClusterLogProb.apply(P, Wc, y.int(), k), want, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="whole vectors"):
         k.cluster_forward(P[:, 1:].contiguous(), Wc[:, 1:].contiguous(), y, torch.empty(5), torch.empty(5))
+
+
+# --- dropout masks (arlm/fast/masks.py): torch's own draws, in C --------------------------
+
+@pytest.fixture(params=ISAS)
+def mask_isa(request):
+    """The C draws in every build this CPU runs."""
+    from arlm.fast import masks
+    kernel.set_enabled(True, isa=request.param)
+    masks._checked = None
+    assert masks._kernel() is not None, "the C draws did not pass their check against torch's"
+    yield request.param
+    kernel.set_enabled(True)
+    masks._checked = None
+
+
+# sizes across the generator's refills (every 312 draws), one element, a DropConnect mask
+@pytest.mark.parametrize("n", [1, 2, 311, 312, 313, 1000, 2048 * 512 + 3])
+def test_c_bernoulli_masks_and_the_generator_after_them_equal_torch(mask_isa, n):
+    from arlm.fast import masks
+    for p in (0.9, 0.5, 0.05, 1 / 3, 0.0, 1.0):
+        torch.manual_seed(n)
+        torch.rand(5)  # start mid-state
+        theirs = torch.empty(n).bernoulli_(p)
+        state = torch.get_rng_state()
+        torch.manual_seed(n)
+        torch.rand(5)
+        ours = masks.bernoulli_(torch.empty(n), p)
+        assert torch.equal(ours, theirs), p
+        assert torch.equal(torch.get_rng_state(), state), p
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(masks.bernoulli_(torch.empty(n), 0.8, generator=g1), torch.empty(n).bernoulli_(0.8, generator=g2))
+    assert torch.equal(torch.rand(9, generator=g1), torch.rand(9, generator=g2))
+
+
+def test_c_dropout_equals_torch_dropout_values_and_gradients(mask_isa):
+    from arlm.fast import masks
+    W = torch.randn(64, 80, requires_grad=True)
+    for x in (W[:, :48], W, W.t()):  # a column slice (DropConnect's W_h), whole, transposed
+        g = torch.randn(x.shape)
+        torch.manual_seed(1)
+        theirs = F.dropout(x, 0.3)
+        (d_theirs,) = torch.autograd.grad(theirs, W, g)
+        torch.manual_seed(1)
+        ours = masks.dropout(x, 0.3)
+        (d_ours,) = torch.autograd.grad(ours, W, g)
+        assert torch.equal(ours, theirs) and torch.equal(d_ours, d_theirs)
+        assert 0.2 < (ours == 0).float().mean() < 0.4
+    assert masks.dropout(W, 0.0) is W and masks.dropout(W, 0.5, training=False) is W
+    assert torch.equal(masks.dropout(W, 1.0), torch.zeros_like(W))
+
+
+def test_a_seeded_run_with_every_dropout_trains_the_same_with_c_masks_as_with_torch_masks(monkeypatch):
+    """Same seed, same trajectory: three SGD steps of a model using all five dropouts give
+    bit-identical weights whether the masks come from C or from torch's bernoulli_."""
+    from arlm.config import ModelConfig
+    from arlm.fast import masks
+    from arlm.model import LanguageModel
+    cfg = ModelConfig(vocab_size=50, emb_size=16, hidden_size=16, num_layers=2, softmax="full", dropout=0.3,
+                      dropout_input=0.2, dropout_hidden=0.2, dropout_embedding=0.1, weight_drop=0.4)
+
+    def train(c_masks: bool):
+        monkeypatch.setattr(masks, "_checked", None if c_masks else False)
+        torch.manual_seed(0)
+        model = LanguageModel(cfg)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        ids = torch.randint(0, 50, (13, 4))
+        for _ in range(3):
+            loss = model(ids[:-1], targets=ids[1:]).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert (masks._kernel() is not None) == c_masks
+        return [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
+
+    (ours, state_ours), (theirs, state_theirs) = train(True), train(False)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert torch.equal(state_ours, state_theirs)
+
+
+def test_c_masks_fall_back_to_torch_when_the_generator_state_is_not_the_expected_layout(monkeypatch):
+    from arlm.fast import masks
+    monkeypatch.setattr(masks, "_STATE_BYTES", 5057)
+    monkeypatch.setattr(masks, "_checked", None)
+    assert masks._kernel() is None and masks._checked is False
+    torch.manual_seed(3)
+    theirs = torch.empty(100).bernoulli_(0.5)
+    torch.manual_seed(3)
+    assert torch.equal(masks.bernoulli_(torch.empty(100), 0.5), theirs)
+    monkeypatch.setattr(masks, "_STATE_BYTES", 5056)
+    monkeypatch.setattr(masks, "_checked", None)
+    monkeypatch.setattr(masks, "_threshold", lambda p: 0)  # C draws that differ from torch's are refused
+    assert masks._kernel() is None

@@ -14,6 +14,10 @@ and, for the output layer,
 
     adaptive_nll(asm, x, targets)          the adaptive softmax's loss, its tail clusters in C (adaptive.py)
 
+and for dropout, torch's own random masks drawn in C (masks.py):
+
+    dropout(x, p)  ==  F.dropout(x, p)      bernoulli_(mask, p)  ==  mask.bernoulli_(p)
+
 The tricks every path shares: the four named weights are read as one stacked matrix W
 (4H, H + I), in the order f, i, c̃, o; the x half of every gate is one big product for all
 steps before the loop (it does not depend on the recurrence); the backward pass runs the
@@ -28,9 +32,10 @@ from torch import Tensor
 
 from arlm.fast import build, c_step, c_window, torch_loop
 from arlm.fast.adaptive import adaptive_nll
+from arlm.fast.masks import bernoulli_, dropout
 from arlm.fast.products import LayerWeights
 
-__all__ = ["LayerWeights", "adaptive_nll", "lstm_window", "prepare_keep", "run_forward", "Window"]
+__all__ = ["LayerWeights", "adaptive_nll", "bernoulli_", "dropout", "lstm_window", "prepare_keep", "run_forward", "Window"]
 
 
 def _kernel_for(*tensors: Tensor) -> build.Kernel | None:

@@ -240,6 +240,8 @@ class Kernel:
         for name in ("arlm_cluster_forward", "arlm_cluster_backward"):
             getattr(lib, name).argtypes = [i64] * 4 + [p] * (6 if name.endswith("forward") else 8)
             getattr(lib, name).restype = None
+        lib.arlm_bernoulli.argtypes = [i64, ctypes.c_uint64] + [p] * 4
+        lib.arlm_bernoulli.restype = None
         self.lanes = lib.arlm_lanes()  # the vector width: the window calls need H % lanes == 0
 
     def __repr__(self) -> str:
@@ -314,6 +316,17 @@ class Kernel:
         scratch = P.new_empty(threads * (n * d + (d + n) * 8 * self.lanes))
         self.lib.arlm_cluster_backward(threads, n, V, d, _ptr(P), _ptr(Wc), _ptr(y), _ptr(lse), _ptr(g),
                                        _ptr(dP), _ptr(dWc), _ptr(scratch))
+
+    # -- dropout masks (masks.py) --
+
+    def bernoulli(self, state: Tensor, threshold: int, out: Tensor) -> None:
+        """out (float32, contiguous) = 1 where the generator's next uniforms are below p, else 0;
+        `state` a generator's state blob (uint8, torch's layout: masks.py checks it), advanced in place."""
+        _f32(out)
+        if state.dtype != torch.uint8 or not state.is_contiguous():
+            raise TypeError("the generator state is a contiguous uint8 tensor")
+        base = state.data_ptr()
+        self.lib.arlm_bernoulli(out.numel(), threshold, base + 8, base + 16, base + 24, _ptr(out))
 
     # -- inference products and windows from float32, float16 or int8 weights (lowp.py) --
 
