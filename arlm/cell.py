@@ -23,7 +23,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arlm import fast
@@ -100,15 +99,12 @@ class LSTMCell(nn.Module):
 
     # --- the same equations over a window ----------------------------------------------
 
-    def fused(self, weight_drop: float = 0.0) -> tuple[Tensor, Tensor]:
+    def fused(self) -> tuple[Tensor, Tensor]:
         """The four gates stacked in the order f, i, c̃, o: W (4H, H + I) and b (4H).
         The columns keep the [h_{t-1}, x_t] order of the named weights; gradients flow
-        back to them. `weight_drop` applies DropConnect to the h columns (AWD-LSTM)."""
+        back to them."""
         W = torch.cat([self.W_f, self.W_i, self.W_c, self.W_o], dim=0)
         b = torch.cat([self.b_f, self.b_i, self.b_c, self.b_o])
-        if weight_drop > 0 and self.training:
-            H = self.hidden_size
-            W = torch.cat([fast.dropout(W[:, :H], weight_drop), W[:, H:]], dim=1)  # = F.dropout
         return W, b
 
     def sequence(
@@ -122,6 +118,11 @@ class LSTMCell(nn.Module):
         Returns the hidden states (seq_len, batch, hidden), the final (h, c), and the
         `Trace` of every gate and state at every step (computed anyway for the backward
         pass, so recording gates costs nothing extra)."""
-        W, b = self.fused(weight_drop)
-        hs, h, c, gates, cs = fast.lstm_window(x, state[0], state[1], W, b, keep)
+        W, b = self.fused()
+        # DropConnect (AWD-LSTM): for this window the recurrence reads W_h ⊙ m / (1 − p) with
+        # m ~ Bernoulli(1 − p) per weight, F.dropout(W_h, p) exactly; the backend applies the
+        # mask as it reads W_h, so the dropped copy of the weight is never made.
+        H = self.hidden_size
+        h_mask = fast.dropout_mask((4 * H, H), weight_drop, W) if weight_drop > 0 and self.training else None
+        hs, h, c, gates, cs = fast.lstm_window(x, state[0], state[1], W, b, keep, h_mask)
         return hs, (h, c), trace_of(gates, cs, hs)

@@ -212,6 +212,57 @@ def test_window_row_blocks_of_every_size_equal_readable_steps(path, B):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("T,B,H,threads", [(9, 4, 32, 2), (5, 3, 12, 1), (2, 40, 16, 2)])
+def test_drop_connect_mask_read_by_the_window_equals_the_masked_weight_bit_for_bit(path, T, B, H, threads):
+    """DropConnect as the window applies it (h_mask: the C window multiplies while it packs
+    W_h, the other paths read a masked copy) against the previous formulation, the dropped
+    weight cat([F.dropout(W_h), W_x]) given to the same path: outputs and every gradient
+    (x, h0, c0, each named weight, b) equal bit for bit, with a document reset. Shapes where the
+    C window applies (H whole vectors, T·B ≥ 32) and where it does not."""
+    from arlm.fast import dropout_mask
+    torch.manual_seed(T * B + H)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        I = 7
+        cell = LSTMCell(I, H)
+        x = torch.randn(T, B, I, requires_grad=True)
+        h0, c0 = torch.randn(B, H, requires_grad=True), torch.randn(B, H, requires_grad=True)
+        keep = torch.ones(T, B, 1)
+        keep[1, 0] = 0
+        g = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
+        params = [x, h0, c0, *cell.parameters()]
+
+        def run(new: bool):
+            torch.manual_seed(0)
+            W, b = cell.fused()
+            if new:
+                hs, h, c = Window.apply(x, h0, c0, W, b, keep, dropout_mask((4 * H, H), 0.3, W))[:3]
+            else:
+                dropped = torch.cat([F.dropout(W[:, :H], 0.3), W[:, H:]], dim=1)
+                hs, h, c = Window.apply(x, h0, c0, dropped, b, keep)[:3]
+            return [hs, h, c, *torch.autograd.grad((hs, h, c), params, g)]
+
+        new, previous = run(True), run(False)
+        assert all(torch.equal(a, b) for a, b in zip(new, previous))
+        assert all(bool(t.abs().sum() > 0) for t in new[3:])  # every gradient reached
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_gradcheck_float64_with_a_drop_connect_mask():
+    from arlm.fast import dropout_mask
+    torch.manual_seed(1)
+    cell = LSTMCell(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    W, b = (t.detach().clone().requires_grad_() for t in cell.fused())
+    mask = dropout_mask((16, 4), 0.5, W)
+    assert mask.dtype == torch.float64 and 0 < int((mask == 0).sum()) < 64
+    assert torch.autograd.gradcheck(lambda *a: Window.apply(*a, None, mask)[:3], (x, h0, c0, W, b))
+
+
 def test_c_step_propagates_nan():
     """A diverging run must still be seen as NaN (the exp clamps must not hide it)."""
     torch.manual_seed(0)
@@ -559,17 +610,34 @@ def test_c_dropout_equals_torch_dropout_values_and_gradients(mask_isa):
     assert torch.equal(masks.dropout(W, 1.0), torch.zeros_like(W))
 
 
+def _previous_sequence(self, x, state, weight_drop=0.0, keep=None):
+    """LSTMCell.sequence as it was before the window read DropConnect's mask itself: the
+    dropped weight made by torch (F.dropout on W's h columns, then cat)."""
+    from arlm import fast
+    from arlm.cell import trace_of
+    W, b = self.fused()
+    if weight_drop > 0 and self.training:
+        H = self.hidden_size
+        W = torch.cat([F.dropout(W[:, :H], weight_drop), W[:, H:]], dim=1)
+    hs, h, c, gates, cs = fast.lstm_window(x, state[0], state[1], W, b, keep)
+    return hs, (h, c), trace_of(gates, cs, hs)
+
+
 def test_a_seeded_run_with_every_dropout_trains_the_same_with_c_masks_as_with_torch_masks(monkeypatch):
     """Same seed, same trajectory: three SGD steps of a model using all five dropouts give
-    bit-identical weights whether the masks come from C or from torch's bernoulli_."""
+    bit-identical weights whether the masks come from C or from torch's bernoulli_, and the
+    same as with the previous code's DropConnect (torch's masks, the dropped weight made by
+    torch) — the C window runs here (H 16, 48 rows a window)."""
     from arlm.config import ModelConfig
     from arlm.fast import masks
     from arlm.model import LanguageModel
     cfg = ModelConfig(vocab_size=50, emb_size=16, hidden_size=16, num_layers=2, softmax="full", dropout=0.3,
                       dropout_input=0.2, dropout_hidden=0.2, dropout_embedding=0.1, weight_drop=0.4)
 
-    def train(c_masks: bool):
+    def train(c_masks: bool, previous: bool = False):
         monkeypatch.setattr(masks, "_checked", None if c_masks else False)
+        if previous:
+            monkeypatch.setattr(LSTMCell, "sequence", _previous_sequence)
         torch.manual_seed(0)
         model = LanguageModel(cfg)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -585,6 +653,9 @@ def test_a_seeded_run_with_every_dropout_trains_the_same_with_c_masks_as_with_to
     (ours, state_ours), (theirs, state_theirs) = train(True), train(False)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
     assert torch.equal(state_ours, state_theirs)
+    before, state_before = train(False, previous=True)
+    assert all(torch.equal(a, b) for a, b in zip(ours, before))
+    assert torch.equal(state_ours, state_before)
 
 
 def test_c_masks_fall_back_to_torch_when_the_generator_state_is_not_the_expected_layout(monkeypatch):

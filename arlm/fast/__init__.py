@@ -1,7 +1,7 @@
 """The fast backend: the LSTM equations over a whole window, proven equal to the readable
 step (arlm/cell.py, `LSTMCell.forward`) by tests, and much faster.
 
-    lstm_window(x, h0, c0, W, b, keep)     one layer over a window, with a hand-written backward
+    lstm_window(x, h0, c0, W, b, keep, h_mask)   one layer over a window, with a hand-written backward
 
 picks one path per window and hands the work to its module:
 
@@ -17,6 +17,7 @@ and, for the output layer,
 and for dropout, torch's own random masks drawn in C (masks.py):
 
     dropout(x, p)  ==  F.dropout(x, p)      bernoulli_(mask, p)  ==  mask.bernoulli_(p)
+    dropout_mask(shape, p, like)            F.dropout's scaled mask itself (DropConnect's h_mask)
 
 The tricks every path shares: the four named weights are read as one stacked matrix W
 (4H, H + I), in the order f, i, c̃, o; the x half of every gate is one big product for all
@@ -32,10 +33,10 @@ from torch import Tensor
 
 from arlm.fast import build, c_step, c_window, torch_loop
 from arlm.fast.adaptive import adaptive_nll
-from arlm.fast.masks import bernoulli_, dropout
+from arlm.fast.masks import bernoulli_, dropout, dropout_mask
 from arlm.fast.products import LayerWeights
 
-__all__ = ["LayerWeights", "adaptive_nll", "bernoulli_", "dropout", "lstm_window", "prepare_keep", "run_forward", "Window"]
+__all__ = ["LayerWeights", "adaptive_nll", "bernoulli_", "dropout", "dropout_mask", "lstm_window", "prepare_keep", "run_forward", "Window"]
 
 
 def _kernel_for(*tensors: Tensor) -> build.Kernel | None:
@@ -70,20 +71,23 @@ def run_forward(w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, keep: Tensor
 
 class Window(torch.autograd.Function):
     """Forward and backward of one layer over a window, by hand. Inputs x (T, B, I), h0 and
-    c0 (B, H), the fused W (4H, H + I) and b (4H), keep (T, B, 1) or None. Outputs hs
-    (T, B, H), the final h and c, and (not differentiable) the gates (T, B, 4H) and cs."""
+    c0 (B, H), the fused W (4H, H + I) and b (4H), keep (T, B, 1) or None, and h_mask (4H, H)
+    or None: DropConnect's scaled mask, the recurrence multiplying by W_h ⊙ h_mask (the
+    gradient to W's h columns is then the masked weight's times h_mask, as autograd would give
+    through `W_h * h_mask`). Outputs hs (T, B, H), the final h and c, and (not
+    differentiable) the gates (T, B, 4H) and cs."""
 
     @staticmethod
     # The recurrence stays float32 under autocast (and the C paths read float32 buffers).
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, x, h0, c0, W, b, keep=None):
+    def forward(ctx, x, h0, c0, W, b, keep=None, h_mask=None):
         H = h0.shape[1]
         keep = prepare_keep(keep, x)
-        w = LayerWeights(W, b, H)
+        w = LayerWeights(W, b, H, h_mask=h_mask)
         path, kernel, gates, cs, tanh_cs, hs, h0, c0 = run_forward(w, x, h0, c0, keep)
         ctx.path, ctx.kernel = path, kernel  # the backward takes the forward's path
-        ctx.save_for_backward(x, h0, c0, w.W, gates, cs, tanh_cs, hs, keep)
+        ctx.save_for_backward(x, h0, c0, w.W, w.h_mask, gates, cs, tanh_cs, hs, keep)
         ctx.mark_non_differentiable(gates, cs)
         ctx.set_materialize_grads(False)  # unused outputs (gates, cs) get None, not zeros
         return hs, hs[-1].clone(), cs[-1].clone(), gates, cs
@@ -92,9 +96,9 @@ class Window(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cuda")
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, d_hs, d_hT, d_cT, _d_gates, _d_cs):
-        x, h0, c0, W, gates, cs, tanh_cs, hs, keep = ctx.saved_tensors
+        x, h0, c0, W, h_mask, gates, cs, tanh_cs, hs, keep = ctx.saved_tensors
         T, B, H = hs.shape
-        args = (W, h0, c0, gates, cs, tanh_cs, hs, keep, d_hs, d_hT, d_cT)
+        args = (LayerWeights(W, None, H, h_mask=h_mask), h0, c0, gates, cs, tanh_cs, hs, keep, d_hs, d_hT, d_cT)
         if ctx.path is torch_loop:
             dG, dh, dc = torch_loop.backward(*args)
         else:
@@ -111,11 +115,14 @@ class Window(torch.autograd.Function):
             hx[:, :, :H] = h_prev
             hx[:, :, H:] = x
             d_W = dG2.t() @ hx.view(T * B, -1)
+            if h_mask is not None:  # through W_h ⊙ h_mask
+                d_W[:, :H].mul_(h_mask)
         if ctx.needs_input_grad[4]:
             d_b = dG2.sum(0)
-        return d_x, dh, dc, d_W, d_b, None
+        return d_x, dh, dc, d_W, d_b, None, None
 
 
-def lstm_window(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, b: Tensor, keep: Tensor | None = None):
+def lstm_window(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, b: Tensor, keep: Tensor | None = None,
+                h_mask: Tensor | None = None):
     """One layer over a window: (hs, h_T, c_T, gates, cs). See `Window`."""
-    return Window.apply(x, h0, c0, W, b, keep)
+    return Window.apply(x, h0, c0, W, b, keep, h_mask)

@@ -222,9 +222,9 @@ class Kernel:
         sig("arlm_lstm_forward", 3, 11)
         sig("arlm_lstm_backward", 3, 9)
         lib.arlm_lanes.argtypes, lib.arlm_lanes.restype = [], i64
-        lib.arlm_lstm_window_forward.argtypes = [i64, i64, i64, i64, p, i64] + [p] * 12
+        lib.arlm_lstm_window_forward.argtypes = [i64, i64, i64, i64, p, i64] + [p] * 13
         lib.arlm_lstm_window_forward.restype = None
-        lib.arlm_lstm_window_backward.argtypes = [i64, i64, i64, i64, p, i64] + [p] * 11
+        lib.arlm_lstm_window_backward.argtypes = [i64, i64, i64, i64, p, i64] + [p] * 12
         lib.arlm_lstm_window_backward.restype = None
         self.low = set()  # the smaller weight types this build multiplies from
         for dtype, suffix in SUFFIX.items():  # float16 is absent where the compiler has no half type
@@ -272,28 +272,30 @@ class Kernel:
     # -- a whole window --
 
     def window_forward(self, W: Tensor, gx: Tensor, b: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None,
-                       gates: Tensor, cs: Tensor, tanh_cs: Tensor, hs: Tensor) -> None:
+                       gates: Tensor, cs: Tensor, tanh_cs: Tensor, hs: Tensor, mask: Tensor | None = None) -> None:
         """Every step of a window in one call: each thread owns a slice of the hidden units,
         computes their share of W_h·h_{t-1} and their gates, then waits once per step.
-        W (4H, H + I) the fused weight; gx (T, B, 4H) = W_x·x_t; keep (T, B) or None."""
+        W (4H, H + I) the fused weight; gx (T, B, 4H) = W_x·x_t; keep (T, B) or None;
+        mask (4H, H) or None: the recurrence multiplies by W_h ⊙ mask (DropConnect)."""
         T, B, H = hs.shape
-        _f32(W, gx, b, h0, c0, keep, gates, cs, tanh_cs, hs)
+        _f32(W, gx, b, h0, c0, keep, gates, cs, tanh_cs, hs, mask)
         # scratch, held here while C writes it: the packed weight, h_{t-1} twice, W_h·h
         packed, h_in, zh = hs.new_empty(4 * H * H), hs.new_empty(2 * B * H), hs.new_empty(B * 4 * H)
         self.lib.arlm_lstm_window_forward(
             torch.get_num_threads(), T, B, H, _ptr(W), W.shape[1], _ptr(gx), _ptr(b), _ptr(h0), _ptr(c0),
-            _ptr(keep), _ptr(gates), _ptr(cs), _ptr(tanh_cs), _ptr(hs), _ptr(packed), _ptr(h_in), _ptr(zh))
+            _ptr(keep), _ptr(gates), _ptr(cs), _ptr(tanh_cs), _ptr(hs), _ptr(packed), _ptr(h_in), _ptr(zh), _ptr(mask))
 
     def window_backward(self, W: Tensor, gates: Tensor, c0: Tensor, cs: Tensor, tanh_cs: Tensor,
-                        keep: Tensor | None, d_hs: Tensor | None, dh: Tensor, dc: Tensor, dG: Tensor) -> None:
+                        keep: Tensor | None, d_hs: Tensor | None, dh: Tensor, dc: Tensor, dG: Tensor,
+                        mask: Tensor | None = None) -> None:
         """The recurrence of a window backwards in one call: fills dG (T, B, 4H); dh and dc
-        go in as ∂L/∂h_T, ∂L/∂c_T and come out as ∂L/∂h_0, ∂L/∂c_0."""
+        go in as ∂L/∂h_T, ∂L/∂c_T and come out as ∂L/∂h_0, ∂L/∂c_0. mask: as window_forward."""
         T, B, H = cs.shape
-        _f32(W, gates, c0, cs, tanh_cs, keep, d_hs, dh, dc, dG)
+        _f32(W, gates, c0, cs, tanh_cs, keep, d_hs, dh, dc, dG, mask)
         packed, dh_rec = cs.new_empty(4 * H * H), cs.new_empty(B * H)  # scratch, held during the call
         self.lib.arlm_lstm_window_backward(
             torch.get_num_threads(), T, B, H, _ptr(W), W.shape[1], _ptr(gates), _ptr(c0), _ptr(cs), _ptr(tanh_cs),
-            _ptr(keep), _ptr(d_hs), _ptr(dh), _ptr(dc), _ptr(dG), _ptr(packed), _ptr(dh_rec))
+            _ptr(keep), _ptr(d_hs), _ptr(dh), _ptr(dc), _ptr(dG), _ptr(packed), _ptr(dh_rec), _ptr(mask))
 
     # -- one adaptive-softmax tail cluster (adaptive.py) --
 

@@ -31,12 +31,12 @@ def forward(kernel: Kernel, w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, 
     return gates, cs, tanh_cs, hs
 
 
-def backward(kernel: Kernel, W: Tensor, h0: Tensor, c0: Tensor, gates: Tensor, cs: Tensor, tanh_cs: Tensor,
+def backward(kernel: Kernel, w: LayerWeights, h0: Tensor, c0: Tensor, gates: Tensor, cs: Tensor, tanh_cs: Tensor,
              hs: Tensor, keep: Tensor | None, d_hs: Tensor | None, d_hT: Tensor | None, d_cT: Tensor | None):
     """dG (T, B, 4H), ∂L/∂h0, ∂L/∂c0."""
     T, B, H = hs.shape
     dG = torch.empty_like(gates)
-    times_W_h_t = Times(W[:, :H].t(), B, Times.packs(W, T))  # dh_{t-1} = dG_t W_h
+    times_W_h_t = Times(w.W_h.t(), B, Times.packs(w.W, T))  # dh_{t-1} = dG_t W_h
     dh = d_hT.contiguous() if d_hT is not None else hs.new_zeros(B, H)
     dc = d_cT.clone(memory_format=torch.contiguous_format) if d_cT is not None else hs.new_zeros(B, H)
     d_hs = d_hs.contiguous() if d_hs is not None else None

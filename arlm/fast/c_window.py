@@ -27,11 +27,11 @@ def forward(kernel: Kernel, w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, 
     gx = torch.mm(x.reshape(T * B, I), w.W_x.t()).view(T, B, 4 * H)  # W_x·x_t; C adds b itself
     gates = torch.empty_like(gx)
     cs, tanh_cs, hs = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, H)
-    kernel.window_forward(w.W, gx, w.b, h0, c0, keep, gates, cs, tanh_cs, hs)
+    kernel.window_forward(w.W, gx, w.b, h0, c0, keep, gates, cs, tanh_cs, hs, w.h_mask)
     return gates, cs, tanh_cs, hs
 
 
-def backward(kernel: Kernel, W: Tensor, h0: Tensor, c0: Tensor, gates: Tensor, cs: Tensor, tanh_cs: Tensor,
+def backward(kernel: Kernel, w: LayerWeights, h0: Tensor, c0: Tensor, gates: Tensor, cs: Tensor, tanh_cs: Tensor,
              hs: Tensor, keep: Tensor | None, d_hs: Tensor | None, d_hT: Tensor | None, d_cT: Tensor | None):
     """dG (T, B, 4H), ∂L/∂h0, ∂L/∂c0."""
     T, B, H = hs.shape
@@ -39,5 +39,5 @@ def backward(kernel: Kernel, W: Tensor, h0: Tensor, c0: Tensor, gates: Tensor, c
     dh = d_hT.clone(memory_format=torch.contiguous_format) if d_hT is not None else hs.new_zeros(B, H)
     dc = d_cT.clone(memory_format=torch.contiguous_format) if d_cT is not None else hs.new_zeros(B, H)
     d_hs = d_hs.contiguous() if d_hs is not None else None
-    kernel.window_backward(W, gates, c0, cs, tanh_cs, keep, d_hs, dh, dc, dG)
+    kernel.window_backward(w.W, gates, c0, cs, tanh_cs, keep, d_hs, dh, dc, dG, w.h_mask)
     return dG, dh, dc

@@ -485,11 +485,13 @@ static inline void thread_chunks(int64_t nchunks, int *c0, int *c1) {
 
 /* Forward over a window. Wf: the fused weight (4H × ld), its first H columns multiply h.
    gx (T, B, 4H): W_x·x_t for every step; keep (T, B) or NULL. Scratch: Wp (4H·H floats),
-   h_in (2·B·H), z (B·4H). Writes gates (T, B, 4H), cs, tanh_cs, hs (T, B, H). */
+   h_in (2·B·H), z (B·4H). Writes gates (T, B, 4H), cs, tanh_cs, hs (T, B, H). mask (4H, H) or
+   NULL: DropConnect's scaled mask, the window multiplying by W_h ⊙ mask (applied while packing:
+   the same products as from a masked copy, without making one). */
 void arlm_lstm_window_forward(int64_t threads, int64_t T, int64_t B, int64_t H, const float *Wf, int64_t ld,
                               const float *gx, const float *bias, const float *h0, const float *c0,
                               const float *keep, float *gates, float *cs, float *tanh_cs, float *hs,
-                              float *Wp, float *h_in, float *z) {
+                              float *Wp, float *h_in, float *z, const float *mask) {
     const int64_t nchunks = H / W;
     _Pragma("omp parallel num_threads(threads)")
     {
@@ -499,8 +501,13 @@ void arlm_lstm_window_forward(int64_t threads, int64_t T, int64_t B, int64_t H, 
         for (int c = ca; c < cb; c++)
             for (int g = 0; g < 4; g++) {
                 float *p = Wp + ((int64_t)c * 4 + g) * H * W;
-                for (int l = 0; l < W; l++)
-                    for (int64_t k = 0; k < H; k++) p[k * W + l] = Wf[(g * H + c * W + l) * ld + k];
+                for (int l = 0; l < W; l++) {
+                    const int64_t n = g * H + c * W + l;  /* the gate row */
+                    if (mask)
+                        for (int64_t k = 0; k < H; k++) p[k * W + l] = Wf[n * ld + k] * mask[n * H + k];
+                    else
+                        for (int64_t k = 0; k < H; k++) p[k * W + l] = Wf[n * ld + k];
+                }
             }
         for (int64_t b = 0; b < B; b++)  /* h_in for step 0: h0, reset where a document starts */
             for (int64_t j = ca * W; j < cb * W; j++) h_in[b * H + j] = h0[b * H + j] * (keep ? keep[b] : 1.0f);
@@ -540,11 +547,11 @@ void arlm_lstm_window_forward(int64_t threads, int64_t T, int64_t B, int64_t H, 
 
 /* Backward over a window (the recurrence only; weight and input gradients are one product
    each over the window, in arlm/fast/__init__.py). d_hs (T, B, H) or NULL; dh (B, H): in, ∂L/∂h_T; out,
-   ∂L/∂h_0. dc likewise. Writes dG (T, B, 4H). Scratch: Wp (4H·H), dh_rec (B·H). */
+   ∂L/∂h_0. dc likewise. Writes dG (T, B, 4H). Scratch: Wp (4H·H), dh_rec (B·H). mask: as forward. */
 void arlm_lstm_window_backward(int64_t threads, int64_t T, int64_t B, int64_t H, const float *Wf, int64_t ld,
                                const float *gates, const float *c0, const float *cs, const float *tanh_cs,
                                const float *keep, const float *d_hs, float *dh, float *dc, float *dG,
-                               float *Wp, float *dh_rec) {
+                               float *Wp, float *dh_rec, const float *mask) {
     const int64_t nchunks = H / W;
     _Pragma("omp parallel num_threads(threads)")
     {
@@ -554,7 +561,10 @@ void arlm_lstm_window_backward(int64_t threads, int64_t T, int64_t B, int64_t H,
         for (int c = ca; c < cb; c++) {
             float *p = Wp + (int64_t)c * 4 * H * W;
             for (int64_t n = 0; n < 4 * H; n++)
-                for (int l = 0; l < W; l++) p[n * W + l] = Wf[n * ld + c * W + l];
+                if (mask)
+                    for (int l = 0; l < W; l++) p[n * W + l] = Wf[n * ld + c * W + l] * mask[n * H + c * W + l];
+                else
+                    for (int l = 0; l < W; l++) p[n * W + l] = Wf[n * ld + c * W + l];
         }
         for (int64_t b = 0; b < B; b++)
             for (int64_t j = ca * W; j < cb * W; j++) dh_rec[b * H + j] = dh[b * H + j];

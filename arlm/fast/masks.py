@@ -2,6 +2,7 @@
 
     bernoulli_(mask, p)     ==  mask.bernoulli_(p)        (the same numbers, the same generator state after)
     dropout(x, p)           ==  torch.nn.functional.dropout(x, p)
+    dropout_mask(shape, p)  ==  the scaled mask F.dropout multiplies by (DropConnect's, arlm/cell.py)
 
 torch fills a CPU `bernoulli_` one element at a time (two Mersenne Twister outputs and a
 compare, ~10 ns each), which with DropConnect on a 2048 × 512 W_h was ~10 ms of every
@@ -80,14 +81,21 @@ def bernoulli_(mask: Tensor, p: float, generator: torch.Generator | None = None)
     return mask
 
 
+def dropout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """The scaled mask F.dropout multiplies a contiguous `shape` tensor like `like` by: each
+    element 0 with probability p, else 1 / (1 − p) (the same draws and numbers), 0 < p ≤ 1."""
+    noise = like.new_empty(shape)
+    if p == 1:  # F.dropout multiplies by zero
+        return noise.zero_()
+    bernoulli_(noise, 1 - p)
+    return noise.div_(1 - p)
+
+
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """F.dropout(x, p, training): zero each element with probability p and scale the rest
     by 1 / (1 − p), drawn and computed as torch does (noise, then noise / (1 − p), then x · noise)."""
     if not training or p == 0 or x.numel() == 0:
         return x
-    noise = torch.empty_like(x)
-    if p == 1 or not noise.is_contiguous():
+    if p == 1 or not torch.empty_like(x).is_contiguous():  # x's own layout, which torch's noise takes
         return F.dropout(x, p, training)
-    bernoulli_(noise, 1 - p)
-    noise.div_(1 - p)
-    return x * noise
+    return x * dropout_mask(tuple(x.shape), p, x)

@@ -55,20 +55,33 @@ class Times:
 class LayerWeights:
     """One cell's fused W (4H, H + I) and b (4H), and what the loops derive from them.
 
+    `h_mask` (4H, H), training only: DropConnect's scaled mask m / (1 − p); the recurrence
+    multiplies by W_h ⊙ h_mask (the C window applies it while packing W_h, the other paths
+    read a masked copy), the x product by W_x as it is.
+
     With `frozen=True` (the inference engine) the derived forms (a contiguous W_x, the packed
     W_h per batch size) are made once and kept: the weights never change under it."""
 
-    def __init__(self, W: Tensor, b: Tensor, hidden_size: int, frozen: bool = False):
+    def __init__(self, W: Tensor, b: Tensor | None, hidden_size: int, frozen: bool = False,
+                 h_mask: Tensor | None = None):
         H = self.H = hidden_size
-        self.W, self.b = W.contiguous(), b.contiguous()  # no copy when they already are
+        self.W = W.contiguous()  # no copy when it already is
+        self.b = b.contiguous() if b is not None else None
         W = self.W
         self.W_x = W[:, H:].contiguous() if frozen else W[:, H:]  # a contiguous copy reads faster
+        self.h_mask = h_mask.contiguous() if h_mask is not None else None
+        self._W_h: Tensor | None = None  # the masked W_h, made on first use (the C window never needs it)
         self._frozen = frozen
         self._times: dict[tuple[int, bool], Times] = {}
 
     @property
     def W_h(self) -> Tensor:
-        return self.W[:, : self.H]
+        """The weight the recurrence multiplies by: W's h columns (⊙ h_mask with DropConnect)."""
+        if self.h_mask is None:
+            return self.W[:, : self.H]
+        if self._W_h is None:
+            self._W_h = self.W[:, : self.H] * self.h_mask  # F.dropout's x · noise, the same numbers
+        return self._W_h
 
     def times_W_h(self, batch: int, steps: int) -> Times:
         """The per-step product with h_{t-1}, packed for this batch size where that pays."""

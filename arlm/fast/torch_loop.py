@@ -38,7 +38,7 @@ def forward(w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | N
     return gates, cs, tanh_cs, hs
 
 
-def backward(W: Tensor, h0: Tensor, c0: Tensor, gates: Tensor, cs: Tensor, tanh_cs: Tensor, hs: Tensor,
+def backward(w: LayerWeights, h0: Tensor, c0: Tensor, gates: Tensor, cs: Tensor, tanh_cs: Tensor, hs: Tensor,
              keep: Tensor | None, d_hs: Tensor | None, d_hT: Tensor | None, d_cT: Tensor | None):
     """dG (T, B, 4H), the gradient on every step's pre-activations, and ∂L/∂h0, ∂L/∂c0."""
     T, B, H = hs.shape
@@ -56,7 +56,7 @@ def backward(W: Tensor, h0: Tensor, c0: Tensor, gates: Tensor, cs: Tensor, tanh_
     dtanh = o * (1 - tanh_cs * tanh_cs)                             # ∂h_t/∂c_t
     D = hs.new_empty(B, 4, H)  # the running gradient each gate acts through: (dc, dc, dc, dh)
     dG = torch.empty_like(gates)
-    times_W_h_t = Times(W[:, :H].t(), B, Times.packs(W, T))        # dh_{t-1} = dG_t W_h
+    times_W_h_t = Times(w.W_h.t(), B, Times.packs(w.W, T))        # dh_{t-1} = dG_t W_h
     dh = d_hT if d_hT is not None else hs.new_zeros(B, H)
     dc = d_cT if d_cT is not None else hs.new_zeros(B, H)
     for t in range(T - 1, -1, -1):
