@@ -25,8 +25,11 @@ def forward(kernel: Kernel, w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, 
     T, B, I = x.shape
     H = w.H
     gx = torch.mm(x.reshape(T * B, I), w.W_x.t()).view(T, B, 4 * H)  # W_x·x_t; C adds b itself
-    gates = torch.empty_like(gx)
     cs, tanh_cs, hs = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, H)
+    # The gates overwrite gx in place: each is read once, just before its gate is written
+    # where it stood, so the step writes to lines it has just read rather than to a fresh
+    # buffer as large (no second stream to memory, no new pages to fault in).
+    gates = gx
     kernel.window_forward(w.W, gx, w.b, h0, c0, keep, gates, cs, tanh_cs, hs, w.h_mask)
     return gates, cs, tanh_cs, hs
 

@@ -485,7 +485,8 @@ static inline void thread_chunks(int64_t nchunks, int *c0, int *c1) {
 
 /* Forward over a window. Wf: the fused weight (4H × ld), its first H columns multiply h.
    gx (T, B, 4H): W_x·x_t for every step; keep (T, B) or NULL. Scratch: Wp (4H·H floats),
-   h_in (2·B·H), z (B·4H). Writes gates (T, B, 4H), cs, tanh_cs, hs (T, B, H). mask (4H, H) or
+   h_in (2·B·H), z (B·4H). Writes gates (T, B, 4H), cs, tanh_cs, hs (T, B, H); gates may be gx
+   itself (each gate is stored where its part of gx was, after that was read). mask (4H, H) or
    NULL: DropConnect's scaled mask, the window multiplying by W_h ⊙ mask (applied while packing:
    the same products as from a masked copy, without making one). */
 void arlm_lstm_window_forward(int64_t threads, int64_t T, int64_t B, int64_t H, const float *Wf, int64_t ld,
