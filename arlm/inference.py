@@ -14,11 +14,10 @@ snapshot of the weights: nothing is ever invalidated, so the model and the train
 nothing about it. A model trained further needs a new FrozenModel.
 
 The numbers are the model's own, tested equal to `LanguageModel` to 1e-5 in float32: a
-window of many sequences (scoring, evaluation) runs the same backend paths (arlm/fast/) as
-training's forward pass in eval mode; a window of up to four sequences (a prompt, a
-decoding step, a typing session's keystrokes) runs its recurrence, float32 too, in lowp's
-C loop, where a step is one pass over W_h and torch's per-call cost would be most of it
-(the same answers to float32 rounding), and a decoding step's other products likewise. The
+window of several tokens runs the same backend paths (arlm/fast/) as training's forward
+pass in eval mode; a decoding step (one token for up to four sequences) runs every
+product, float32 too, in lowp's C loops, where torch's per-call cost would be most of a
+step on a CPU (the same answers to float32 rounding). The
 adaptive softmax is run here from the prepared products (head, then each cluster), which
 is what `torch.nn.AdaptiveLogSoftmaxWithLoss.log_prob` computes, because its modules
 cannot multiply from int8 or float16 copies.
@@ -46,7 +45,7 @@ from arlm.model import LanguageModel, Output, State, TiedHead
 WEIGHTS = ("float32", "float16", "int8")
 
 
-SMALL_BATCH = 4  # float32 products of at most this many rows, recurrences of at most this many sequences, run in lowp's C loops
+SMALL_BATCH = 4  # float32 products of at most this many rows (tokens) run in lowp's C loops (see _Layer)
 
 
 def _c_float32(dtype: str, device: torch.device) -> bool:
@@ -85,13 +84,11 @@ class _Layer:
     """One cell's stacked weights in every form its window reads.
 
     `low`: the C inference loop's copy (float16/int8, or float32 on a CPU with the C step).
-    In float32 it serves windows of up to four sequences (a prompt, generation, a typing
-    session's keystrokes), whose every step is one pass over W_h with a few rows, where
-    torch's per-call cost and its matrix-vector kernels are most of a step; the x products
-    of a window of several tokens are still one torch product over all of them (lowp).
-    Windows of more sequences (scoring, evaluation) run the training forward's own paths,
-    which give the readable model's numbers bit for bit and whose blocked products share
-    each weight read among the rows."""
+    In float32 it serves decoding steps only (one token for up to four sequences:
+    generation, a typing session's keystrokes), where a step is one pass over W and
+    torch's per-call cost is most of it. Longer windows (a prompt, scoring, evaluation)
+    run the training forward's own paths, which give the readable model's numbers bit for
+    bit and whose blocked products share each weight read among the rows."""
 
     def __init__(self, cell, dtype: str, device: torch.device):
         W, b = cell.fused()
@@ -99,10 +96,9 @@ class _Layer:
         use_c = dtype != "float32" or _c_float32(dtype, device)
         self.low = LowPrecision(self.weights.W, dtype, transposable=False) if use_c else None
 
-    def low_for(self, sequences: int) -> LowPrecision | None:
-        """The C copy for a window of `sequences` side by side (any number of steps), if it is
-        the one to use: in float32, for up to SMALL_BATCH of them."""
-        return _c_copy(self.low, sequences)
+    def low_for(self, rows: int) -> LowPrecision | None:
+        """The C copy for a window of `rows` = steps × sequences, if it is the one to use."""
+        return _c_copy(self.low, rows)
 
 
 class FrozenModel:
@@ -171,7 +167,7 @@ class FrozenModel:
         h0, c0 = state if state is not None else self.init_state(ids.shape[1])
         hs_last, cs_last, traces = [], [], []
         for k, layer in enumerate(self.layers):
-            _, _, gates, cs, _, hs, _, _ = fast.run_forward(layer.weights, x, h0[k], c0[k], keep, layer.low_for(x.shape[1]))
+            _, _, gates, cs, _, hs, _, _ = fast.run_forward(layer.weights, x, h0[k], c0[k], keep, layer.low_for(x.shape[0] * x.shape[1]))
             hs_last.append(hs[-1])
             cs_last.append(cs[-1])
             if record:

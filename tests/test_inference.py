@@ -31,14 +31,12 @@ def compiled(request):
 
 
 @pytest.mark.parametrize("softmax,tie,hidden,layers", CASES)
-# up to four sequences: lowp's C loop (one token; a prompt's few tokens, its x products by C;
-# a long prompt, its x products by torch); more: the training forward's paths (the per-step
-# loop for a few rows, the C window for many)
-@pytest.mark.parametrize("T,B", [(1, 1), (2, 2), (5, 2), (40, 3), (2, 5), (8, 5)])
+@pytest.mark.parametrize("T,B", [(1, 1), (5, 2), (40, 3)])  # one token, the per-step loop, the C window
 def test_frozen_float32_equals_the_model(softmax, tie, hidden, layers, T, B, compiled):
     m = model(softmax, tie, hidden, layers)
     engine = FrozenModel(m)
-    assert [layer.low_for(B) is not None for layer in engine.layers] == [compiled == "C" and B <= 4] * layers
+    # decoding steps read float32 through lowp's C loop, longer windows the training forward's paths
+    assert [layer.low_for(T * B) is not None for layer in engine.layers] == [compiled == "C" and T * B <= 4] * layers
     ids = torch.randint(0, 80, (T, B))
     ids[T // 2, 0] = 3  # a document starts inside the window: the state is reset there
     state = (torch.randn(layers, B, hidden), torch.randn(layers, B, hidden))

@@ -64,7 +64,7 @@ def run_forward(w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, keep: Tensor
         return (torch_loop, None, *torch_loop.forward(w, x, h0, c0, keep), h0, c0)
     h0, c0 = h0.contiguous(), c0.contiguous()  # the C paths read plain rows
     if low is not None:
-        return (None, kernel, *low.lstm_window(x, w.b.contiguous(), h0, c0, keep, w.W_x), h0, c0)
+        return (None, kernel, *low.lstm_window(x, w.b.contiguous(), h0, c0, keep), h0, c0)
     path = c_window if c_window.applies(kernel, T, B, w.H) else c_step
     return (path, kernel, *path.forward(kernel, w, x, h0, c0, keep), h0, c0)
 

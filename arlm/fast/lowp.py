@@ -57,23 +57,12 @@ class LowPrecision:
             self.kernel.low_matmul(self.dtype, self.data, self.scale, x, y, ld=K, column=start)
         return y
 
-    def lstm_window(self, x: Tensor, b: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None,
-                    W_x: Tensor | None = None):
+    def lstm_window(self, x: Tensor, b: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None):
         """One layer's window from this weight (a cell's fused W (4H, H + I), not transposed):
-        gates (T, B, 4H), cs, tanh_cs, hs (T, B, H). keep (T, B, 1) float32 or None. W_x: in
-        float32, the weight's x columns (4H, I), which a window of more than four tokens
-        multiplies by torch's product."""
+        gates (T, B, 4H), cs, tanh_cs, hs (T, B, H). keep (T, B, 1) float32 or None."""
         T, B, I = x.shape
         H = h0.shape[1]
-        x = x.reshape(T * B, I)
-        if self.dtype == "float32" and W_x is not None and T * B > 4:
-            # W_x·x_t for every step in one torch product, as training's forward makes it:
-            # its blocked kernel reads each weight once for all the rows, where the C loop
-            # (four rows per pass) would read W_x again for every four tokens of a prompt.
-            gx = torch.mm(x, W_x.t())
-        else:
-            gx = self.matmul(x, H, I)
-        gx = gx.view(T, B, 4 * H)
+        gx = self.matmul(x.reshape(T * B, I), H, I).view(T, B, 4 * H)  # W_x·x_t for every step
         gates = torch.empty_like(gx)
         cs, tanh_cs, hs = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, H)
         self.kernel.low_window(self.dtype, self.data, self.scale, gx, b, h0, c0, keep, gates, cs, tanh_cs, hs)
