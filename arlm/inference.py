@@ -54,9 +54,8 @@ def _c_float32(dtype: str, device: torch.device) -> bool:
 
 
 def _c_copy(low: LowPrecision | None, rows: int) -> LowPrecision | None:
-    """The C copy for `rows` rows of a product (or `rows` sequences of a window): a
-    float16/int8 one always, a float32 one for at most SMALL_BATCH; None: torch's product
-    (or the training paths)."""
+    """The C copy to multiply `rows` rows by: a float16/int8 one always, a float32 one for
+    decoding-sized products only; None: torch's product (or the training paths)."""
     if low is None or (low.dtype == "float32" and rows > SMALL_BATCH):
         return None
     return low

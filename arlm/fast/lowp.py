@@ -4,8 +4,8 @@ from the float32 weights themselves through the same C loops.
 Decoding one token reads every weight once and does little with each, so its speed is
 the speed of reading memory: float16 halves the bytes and int8 (one scale per row)
 quarters them, which keeps the default model in the CPU's cache. float32 reads all the
-bytes, but for a decoding step, or a prompt's recurrence, the C loops still beat torch's
-calls (their dispatch and matrix-vector kernels). Only the inference engine (arlm/inference.py) makes these;
+bytes, but for a decoding step the C loops still beat torch's calls (their dispatch and
+matrix-vector kernels). Only the inference engine (arlm/inference.py) makes these;
 training always reads its parameters.
 """
 
