@@ -217,6 +217,26 @@ def test_window_row_blocks_of_every_size_equal_readable_steps(path, B):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("H", [16, 256])  # multiples of every build's vector width
+def test_window_forward_writing_its_gates_over_gx_gives_the_same_bits(isa, H):
+    # c_window.forward hands the C forward gx as its gates buffer too (in place)
+    k = kernel.load(isa)
+    assert H % k.lanes == 0
+    torch.manual_seed(0)
+    T, B = 7, 13
+    W, b = torch.randn(4 * H, 2 * H) * 0.1, torch.randn(4 * H) * 0.1
+    gx, h0, c0 = torch.randn(T, B, 4 * H), torch.randn(B, H), torch.randn(B, H)
+    keep = (torch.rand(T, B) > 0.2).float()
+    apart = [torch.empty(T, B, 4 * H)] + [torch.empty(T, B, H) for _ in range(3)]
+    k.window_forward(W, gx, b, h0, c0, keep, *apart)
+    inplace, rest = gx.clone(), [torch.empty(T, B, H) for _ in range(3)]
+    k.window_forward(W, inplace, b, h0, c0, keep, inplace, *rest)
+    for a, c in zip(apart, [inplace, *rest]):
+        assert torch.equal(a, c)
+    assert not torch.equal(inplace, gx)  # the gates did replace gx
+
+
 @pytest.mark.parametrize("T,B,H,threads", [(9, 4, 32, 2), (5, 3, 12, 1), (2, 40, 16, 2)])
 def test_drop_connect_mask_read_by_the_window_equals_the_masked_weight_bit_for_bit(path, T, B, H, threads):
     """DropConnect as the window applies it (h_mask: the C window multiplies while it packs
