@@ -759,7 +759,10 @@ def prepare(
     final = Path(cache_dir) if cache_dir else cache_root() / f"{card.name}-{key}"
     if final.exists():
         try:
-            return load_cached(final)  # the common case: no lock, no writes (a read-only cache works)
+            cached = load_cached(final)  # the common case: no lock, no writes (a read-only cache works)
+            if verbose:  # what the run trains on, every time, not only when the cache is built
+                print(f"{_summary(card.name, cached)}; from the cache in {final}", file=sys.stderr)
+            return cached
         except CacheDamaged as e:
             reason = e.reason
             try:
@@ -902,11 +905,15 @@ def prepare(
             except OSError:
                 pass
         shutil.rmtree(directory, ignore_errors=True)  # the private folder: gone unless ours lost or failed
+    prepared = load_cached(final)
     if verbose:
-        print(
-            f"corpus {card.name}: {n_tokens['train']:,} / {n_tokens['valid']:,} / {n_tokens['test']:,} "
-            f"train/valid/test tokens, vocab {tok.vocab_size:,}, unk {stats['unk_rate']['valid']:.1%} of valid, "
-            f"{stats['words_per_second'] or 0:,.0f} words/s on {workers} worker(s); cached in {final}",
-            file=sys.stderr,
-        )
-    return load_cached(final)
+        print(f"{_summary(card.name, prepared)}, {stats['words_per_second'] or 0:,.0f} words/s on {workers} "
+              f"worker(s); cached in {final}", file=sys.stderr)
+    return prepared
+
+
+def _summary(name: str, prepared: Prepared) -> str:
+    """The corpus line a run prints: its splits' sizes, the vocabulary, the unknown rate."""
+    tokens, st = prepared.stats["tokens"], prepared.stats
+    return (f"corpus {name}: {tokens['train']:,} / {tokens['valid']:,} / {tokens['test']:,} train/valid/test tokens, "
+            f"vocab {prepared.tokenizer.vocab_size:,}, unk {st['unk_rate']['valid']:.1%} of valid")

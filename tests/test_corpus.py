@@ -142,7 +142,7 @@ def test_unreachable_hub_fails_fast_with_one_line():
     assert "\n" not in str(e.value) and "wikimedia/wikipedia" in str(e.value)
 
 
-def test_prepare_caches_ids_and_second_run_skips_text_work(tmp_path, text_corpus, monkeypatch):
+def test_prepare_caches_ids_and_second_run_skips_text_work(tmp_path, text_corpus, monkeypatch, capsys):
     cfg = TokenizerConfig(min_freq=1)
     first = prepare(str(text_corpus), cfg, cache_dir=tmp_path / "cache", workers=2)
     tok = first.tokenizer
@@ -152,8 +152,15 @@ def test_prepare_caches_ids_and_second_run_skips_text_work(tmp_path, text_corpus
     assert decoded in [" ".join(tok.tokenize(d)) for d in documents(resolve(str(text_corpus)))["valid"]]
 
     monkeypatch.setattr(corpus, "documents", lambda *a, **k: pytest.fail("cache miss: documents re-read"))
+    capsys.readouterr()
     again = prepare(str(text_corpus), cfg, cache_dir=tmp_path / "cache")
     assert np.array_equal(again.train, first.train) and isinstance(again.train, np.memmap)
+    # the run still says what it trains on, in one line, with the same figures as the build's
+    n = first.stats["tokens"]
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"corpus {resolve(str(text_corpus)).name}: {n['train']:,} / {n['valid']:,} / {n['test']:,} "
+                           f"train/valid/test tokens, vocab {tok.vocab_size:,}, unk ")
+    assert line.endswith(f"; from the cache in {tmp_path / 'cache'}")
 
 
 def test_cache_key_changes_with_tokenizer_and_file(tmp_path, text_corpus):
