@@ -914,6 +914,6 @@ def prepare(
 
 def _summary(name: str, prepared: Prepared) -> str:
     """The corpus line a run prints: its splits' sizes, the vocabulary, the unknown rate."""
-    tokens, st = prepared.stats["tokens"], prepared.stats
-    return (f"corpus {name}: {tokens['train']:,} / {tokens['valid']:,} / {tokens['test']:,} train/valid/test tokens, "
-            f"vocab {prepared.tokenizer.vocab_size:,}, unk {st['unk_rate']['valid']:.1%} of valid")
+    n, unk = prepared.stats["tokens"], prepared.stats["unk_rate"]["valid"]
+    return (f"corpus {name}: {n['train']:,} / {n['valid']:,} / {n['test']:,} train/valid/test tokens, "
+            f"vocab {prepared.tokenizer.vocab_size:,}, unk {unk:.1%} of valid")

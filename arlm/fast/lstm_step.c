@@ -337,7 +337,7 @@ static void matmul_##SUFFIX(int64_t threads, int64_t M, int64_t N, int64_t K, co
             } else {                                                                              \
                 for (int64_t r = 0; r < nr; r++) {                                                \
                     float o1[16];                                                                 \
-                    const T *wr = w + r * ld;  /* one row: the rest of the matrix */              \
+                    const T *wr = w + r * ld;  /* the last rows, one by one: none after */        \
                     switch (mb) {                                                                 \
                         case 1: rows_dot_##SUFFIX(1, 1, wr, wr, ld, K, xm, o1); break;            \
                         case 2: rows_dot_##SUFFIX(1, 2, wr, wr, ld, K, xm, o1); break;            \
