@@ -135,12 +135,11 @@ DAMAGE = {
 }
 
 
-def assert_only_the_corpus_line(err: str, cache: os.PathLike) -> bool:
+def assert_only_the_corpus_line(err: str, cache: os.PathLike) -> None:
     """A cache that loads says what the run trains on, in one line, and nothing else: no
     warning, no rebuild."""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("corpus ") and lines[0].endswith(f"; from the cache in {cache}"), err
-    return True
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -163,7 +162,8 @@ def test_a_damaged_cache_is_set_aside_and_rebuilt_with_one_line(text_corpus, cap
     assert not [x for x in d.parent.iterdir() if ".tmp-" in x.name]
     capsys.readouterr()
     again = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=True)  # and now it is cached
-    assert_only_the_corpus_line(capsys.readouterr().err, d) and np.array_equal(again.train, want["train"])
+    assert_only_the_corpus_line(capsys.readouterr().err, d)
+    assert np.array_equal(again.train, want["train"])
 
 
 def test_a_cache_built_before_the_checksums_loads_and_is_checked_by_length(text_corpus, monkeypatch, capsys):
@@ -174,7 +174,8 @@ def test_a_cache_built_before_the_checksums_loads_and_is_checked_by_length(text_
     with monkeypatch.context() as m:
         m.setattr(corpus, "_map", lambda *a, **k: pytest.fail("an old, intact cache was rebuilt"))
         p = corpus.prepare(str(text_corpus), _CFG, workers=1, verbose=True)
-        assert np.array_equal(p.train, want["train"]) and assert_only_the_corpus_line(capsys.readouterr().err, d)
+        assert np.array_equal(p.train, want["train"])
+        assert_only_the_corpus_line(capsys.readouterr().err, d)
         del p
     _truncate_train(d)
     with pytest.raises(CacheDamaged, match="train.bin has 2,000 bytes"):
