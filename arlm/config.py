@@ -315,7 +315,8 @@ class TrainConfig:
     eval_batch_size: int = option(10, "streams for scoring valid/test", **POSITIVE)
     eval_tokens: int = option(0, "score only the first N valid tokens at interval evaluations, for big corpora; "
                                  "the final valid and test scores always use every token (0: all)", low=0)
-    early_stop: int = option(5, "evaluations without improvement before training stops (0: never)", low=0)
+    early_stop: int = option(5, "evaluations without improvement before training stops (0: never; "
+                             "not counted while --lr-schedule cosine holds --lr before --decay-start)", low=0)
     log_interval: int = option(50, "steps between progress-bar updates of the loss", **POSITIVE)
     # the run
     out: str = option("runs/hadith", "run directory: latest/ and best/ checkpoints, log.jsonl, curves.png")
