@@ -523,8 +523,7 @@ class Trainer:
         """Whether a warmup-stable-decay schedule (cosine with --decay-start) still holds its
         constant --lr. Valid stalls there are expected, and can rise as the model overfits:
         the decay is where such a run gains most (BENCHMARKS §5, §12), so evaluations before
-        it do not count towards --early-stop. (On a fast CPU the §5 recipe was stopped in its
-        fourth epoch, before the decay it was set up for.)"""
+        it do not count towards --early-stop."""
         opt = self.cfg.optim
         return opt.lr_schedule == "cosine" and opt.decay_start > 0 and self.optimizer.param_groups[0]["lr"] >= opt.lr
 

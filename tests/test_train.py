@@ -349,7 +349,6 @@ def test_early_stop_after_n_evaluations_without_improvement(text_corpus, tmp_pat
     assert summary["stop_reason"].startswith("early stop") and summary["steps"] < 200
 
 
-
 def test_early_stop_waits_for_the_decay_of_a_warmup_stable_decay_schedule(text_corpus, tmp_path):
     # The same stalled run under cosine with --decay-start 0.5 of 40 steps: the evaluations
     # while the rate is held (steps 2-20) do not count, the first two in the decay do.
@@ -362,6 +361,7 @@ def test_early_stop_waits_for_the_decay_of_a_warmup_stable_decay_schedule(text_c
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     held = [r for r in log if "valid_ppl" in r and r["step"] <= 20]
     assert len(held) == 10 and all(r["lr"] == 1e-9 for r in held)
+
 
 def test_resume_refuses_other_model_sizes_and_other_vocabularies(text_corpus, tmp_path, capsys):
     out = tmp_path / "r"
