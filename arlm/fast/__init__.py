@@ -108,11 +108,17 @@ class Window(torch.autograd.Function):
         d_W = d_b = None
         if ctx.needs_input_grad[3]:
             # One product for the whole weight: dW = Σ_t dG_t^T [h_{t-1}, x_t].
-            h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]])  # the h_{t-1} each step read
-            if keep is not None:
-                h_prev = h_prev * keep
+            # [h_{t-1}, x_t] for every step, each half written once straight into place (no
+            # concatenated or masked temporaries: at training sizes each is a fresh buffer of
+            # megabytes, pages the kernel must fault in and zero).
             hx = x.new_empty(T, B, W.shape[1])
-            hx[:, :, :H] = h_prev
+            h_prev = hx[:, :, :H]  # the h_{t-1} each step read
+            if keep is None:
+                h_prev[0] = h0
+                h_prev[1:] = hs[:-1]
+            else:
+                torch.mul(h0, keep[0], out=h_prev[0])
+                torch.mul(hs[:-1], keep[1:], out=h_prev[1:])
             hx[:, :, H:] = x
             d_W = dG2.t() @ hx.view(T * B, -1)
             if h_mask is not None:  # through W_h ⊙ h_mask
