@@ -39,7 +39,7 @@ from arlm import fast
 from arlm.cell import trace_of
 from arlm.config import ModelConfig
 from arlm.fast import build
-from arlm.fast.lowp import LowPrecision
+from arlm.fast.lowp import Decoder, LowPrecision
 from arlm.model import LanguageModel, Output, State, TiedHead
 
 WEIGHTS = ("float32", "float16", "int8")
@@ -126,6 +126,10 @@ class FrozenModel:
             self._build(source, weights)
 
     def _build(self, model: LanguageModel, dtype: str) -> None:
+        self._build_parts(model, dtype)
+        self.c_step = self._c_decoder()
+
+    def _build_parts(self, model: LanguageModel, dtype: str) -> None:
         self.embedding = model.embedding.weight.detach().clone()
         self.layers = [_Layer(cell, dtype, self.device) for cell in model.lstm.cells]
         p = model.projection
@@ -143,6 +147,20 @@ class FrozenModel:
                       for t in a.tail]
         self.shortlist, self.cutoffs, self.n_classes = a.shortlist_size, list(a.cutoffs), a.n_classes
         self.adaptive = True
+
+    def _c_decoder(self) -> Decoder | None:
+        """The whole decoding step in one C call, where every product has its C copy."""
+        linears = [self.head, *[m for pair in getattr(self, "tails", []) for m in pair]] if self.adaptive else [self.decoder]
+        if self.projection is not None:
+            linears.append(self.projection)
+        if any(layer.low is None for layer in self.layers) or any(m.low is None for m in linears):
+            return None
+        cfg = self.config
+        head = self.head if self.adaptive else self.decoder
+        return Decoder(self.embedding, [(layer.low, layer.weights.b.contiguous()) for layer in self.layers],
+                       None if self.projection is None else (self.projection.low, self.projection.bias),
+                       (head.low, head.bias), [(d.low, u.low) for d, u in self.tails] if self.adaptive else [],
+                       self.cutoffs if self.adaptive else [], cfg.eos_id if cfg.reset_at_eos else None)
 
     def __repr__(self) -> str:
         c = self.config
@@ -213,6 +231,11 @@ class FrozenModel:
     def step(self, token_ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Read one token per sequence (B,) and return log-probabilities of the next (B, V):
         O(1) per token, the state carries everything read so far."""
+        B = token_ids.numel()
+        if self.c_step is not None and (self.weights != "float32" or B <= SMALL_BATCH):
+            h0, c0 = state if state is not None else self.init_state(B)
+            log_probs, state = self.c_step.step(token_ids.view(-1), h0, c0)
+            return log_probs, state
         out = self(token_ids.view(1, -1), state)
         return self.log_probs(out.features[0]), out.state
 

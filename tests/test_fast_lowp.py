@@ -96,3 +96,48 @@ def test_a_low_precision_window_equals_float32_steps_on_the_stored_numbers(dtype
     ref = torch_loop.forward(LayerWeights(dequantized(q), b, H), x, h0, c0, keep)
     for a, r in zip(got, ref):  # gates, cs, tanh_cs, hs
         torch.testing.assert_close(a, r, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("layers,H,E,adaptive", [(2, 37, 19, True), (1, 40, 40, False), (3, 16, 130, True)])
+def test_a_whole_decoding_step_equals_float32_arithmetic_on_the_stored_numbers(dtype, layers, H, E, adaptive, isa):
+    """lowp.Decoder's one C call (embedding, every layer's step, projection, the log-softmax over
+    the whole vocabulary, adaptive or not) against torch on the dequantized weights, with
+    sizes that are no multiple of any vector width and a sequence that starts a document."""
+    from arlm.fast.lowp import Decoder
+    torch.manual_seed(layers * H + E)
+    V, eos, B = 300, 3, 3
+    emb = torch.randn(V, E)
+    cells, inputs = [], E
+    for _ in range(layers):
+        cells.append((LowPrecision(torch.randn(4 * H, H + inputs) / H ** 0.5, dtype, transposable=False), torch.randn(4 * H)))
+        inputs = H
+    projection = (LowPrecision(torch.randn(E, H) / H ** 0.5, dtype), torch.randn(E)) if H != E else None
+    if adaptive:  # a shortlist of 50 + 2 clusters (widths E // 4 and E // 16) over 60 and 190 words
+        cutoffs = [50, 110, V]
+        head = (LowPrecision(torch.randn(52, E), dtype), None)
+        tails = [(LowPrecision(torch.randn(max(E // d, 1), E), dtype), LowPrecision(torch.randn(n, max(E // d, 1)), dtype))
+                 for d, n in ((4, 60), (16, 190))]
+    else:
+        cutoffs, head, tails = [], (LowPrecision(torch.randn(V, E), dtype), torch.randn(V)), []
+    decoder = Decoder(emb, cells, projection, head, tails, cutoffs, eos)
+    ids = torch.tensor([7, 250, eos])
+    h0, c0 = torch.randn(layers, B, H), torch.randn(layers, B, H)
+    lp, (h, c) = decoder.step(ids, h0, c0)
+
+    keep = (ids != eos).float().view(1, B, 1)
+    x = emb[ids].view(1, B, E)
+    for k, (q, b) in enumerate(cells):
+        _, cs, _, hs = torch_loop.forward(LayerWeights(dequantized(q), b, H), x, h0[k], c0[k], keep)
+        torch.testing.assert_close(h[k], hs[0], atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(c[k], cs[0], atol=2e-5, rtol=1e-5)
+        x = hs
+    y = x[0] if projection is None else x[0] @ dequantized(projection[0]).t() + projection[1]
+    if adaptive:
+        head_lp = torch.log_softmax(y @ dequantized(head[0]).t(), -1)
+        parts = [head_lp[:, :50]] + [torch.log_softmax(y @ dequantized(d).t() @ dequantized(u).t(), -1) + head_lp[:, 50 + k, None]
+                                     for k, (d, u) in enumerate(tails)]
+        ref = torch.cat(parts, -1)
+    else:
+        ref = torch.log_softmax(y @ dequantized(head[0]).t() + head[1], -1)
+    torch.testing.assert_close(lp, ref, atol=5e-5, rtol=1e-5)

@@ -62,6 +62,44 @@ def test_frozen_float32_equals_the_model(softmax, tie, hidden, layers, T, B, com
     torch.testing.assert_close(last.features, out.features[-1:], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("softmax,tie,hidden,layers", CASES + [("adaptive", True, 512, 2)])
+@pytest.mark.parametrize("weights,compiled", [("float32", "C"), ("float32", "torch ops"), ("float16", "C"), ("int8", "C")])
+def test_decoding_step_in_one_c_call_equals_the_window_path(softmax, tie, hidden, layers, weights, compiled):
+    # engine.step (one token per sequence: generation, beam search, typing) runs the whole model in
+    # one C call (lowp.Decoder); its state is the window path's to the bit, its log-probabilities
+    # the same to float32 rounding, for sequences that go on and one that starts a document.
+    build.set_enabled(compiled == "C")
+    try:
+        _check_decoding_steps(softmax, tie, hidden, layers, weights, compiled)
+    finally:
+        build.set_enabled(True)
+
+
+def _check_decoding_steps(softmax, tie, hidden, layers, weights, compiled):
+    emb = 256 if hidden == 512 else 16  # the default model's sizes too: its products are blocked by 4 rows
+    m = model(softmax, tie, hidden, layers, vocab=3000 if hidden == 512 else 80, emb=emb)
+    engine = FrozenModel(m, weights)
+    assert (engine.c_step is not None) == (compiled == "C")
+    for B in (1, 3, 4, 6):  # 6: more than a decoding step's rows; float32 goes back to torch's products
+        ids = torch.randint(0, m.config.vocab_size, (B,))
+        ids[-1] = 3  # <eos>: this sequence starts afresh
+        state = (torch.randn(layers, B, hidden), torch.randn(layers, B, hidden))
+        lp, (h, c) = engine.step(ids, state)
+        out = engine(ids.view(1, -1), state)
+        torch.testing.assert_close(lp, engine.log_probs(out.features[0]), atol=1e-6, rtol=0)
+        assert torch.equal(h, out.state[0]) and torch.equal(c, out.state[1])
+        if weights == "float32":  # and the readable model's own numbers
+            with torch.no_grad():
+                ref = m(ids.view(1, -1), state)
+                torch.testing.assert_close(lp, m.log_probs(ref.features[0]), atol=1e-5, rtol=0)
+                torch.testing.assert_close(h, ref.state[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(lp.exp().sum(-1), torch.ones(B), atol=1e-5, rtol=0)
+    lp0, _ = engine.step(torch.tensor([5]))  # no state: from zeros, as the window path
+    torch.testing.assert_close(lp0, engine.log_probs(engine(torch.tensor([[5]])).features[0]), atol=1e-6, rtol=0)
+    with pytest.raises(IndexError):
+        engine.step(torch.tensor([m.config.vocab_size]))
+
+
 @pytest.mark.parametrize("weights", ["float16", "int8"])
 def test_low_precision_engine_is_close_and_consistent(weights):
     m = model("adaptive", hidden=32)
@@ -105,6 +143,13 @@ def test_one_engine_serves_threads_with_the_single_threaded_answers():
         together = list(pool.map(lambda p: engine.log_probs(engine(p, last_only=True).features), prompts * 3))
     for k, lp in enumerate(together):
         torch.testing.assert_close(lp, alone[k % len(prompts)], atol=0, rtol=0)
+    # decoding steps too (one C call each, its scratch its own)
+    ids = [torch.tensor([n % 80]) for n in range(16)]
+    alone = [engine.step(i)[0] for i in ids]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: engine.step(i)[0], ids * 3))
+    for k, lp in enumerate(together):
+        torch.testing.assert_close(lp, alone[k % len(ids)], atol=0, rtol=0)
 
 
 def test_bad_weights_and_inputs_are_refused():

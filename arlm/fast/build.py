@@ -235,6 +235,8 @@ class Kernel:
                 getattr(lib, f"arlm_matmul_{suffix}_t").restype = None
                 getattr(lib, f"arlm_lstm_sequence_{suffix}").argtypes = [i64, i64, i64, i64, p, i64] + [p] * 12
                 getattr(lib, f"arlm_lstm_sequence_{suffix}").restype = None
+                getattr(lib, f"arlm_decode_{suffix}").argtypes = [i64, p, i64] + [p] * 6
+                getattr(lib, f"arlm_decode_{suffix}").restype = ctypes.c_int
                 if dtype != "float32":
                     self.low.add(dtype)
         for name in ("arlm_cluster_forward", "arlm_cluster_backward"):
@@ -357,6 +359,20 @@ class Kernel:
         getattr(self.lib, f"arlm_lstm_sequence_{SUFFIX[dtype]}")(
             torch.get_num_threads(), T, B, H, _ptr(data), data.shape[1], _ptr(scale), _ptr(gx), _ptr(b),
             _ptr(h0), _ptr(c0), _ptr(keep), _ptr(gates), _ptr(cs), _ptr(tanh_cs), _ptr(hs), _ptr(zh), _ptr(h_in))
+
+
+    def decode(self, dtype: str, model: ctypes.Structure, ids: Tensor, h0: Tensor, c0: Tensor, h: Tensor,
+               c: Tensor, out: Tensor) -> None:
+        """One decoding step of a whole model (lowp.Decoder's `model`, weights of `dtype`): ids (B,)
+        int64, the state h0, c0 (layers, B, H) → the new state h, c and out (B, V) log-probabilities."""
+        if ids.dtype != torch.int64:
+            raise TypeError(f"token ids must be int64, got {ids.dtype}")
+        _f32(h0, c0, h, c, out)
+        status = getattr(self.lib, f"arlm_decode_{SUFFIX[dtype]}")(
+            torch.get_num_threads(), ctypes.addressof(model), ids.shape[0], _ptr(ids), _ptr(h0), _ptr(c0),
+            _ptr(h), _ptr(c), _ptr(out))
+        if status != 0:
+            raise MemoryError("the C decoding step could not allocate its scratch memory")
 
 
 def _identity(cc: str) -> str:

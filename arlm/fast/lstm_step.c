@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <math.h>
 #include <string.h>
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -363,8 +364,8 @@ void arlm_matmul_##SUFFIX(int64_t threads, int64_t M, int64_t N, int64_t K, cons
    y_m = (Σ_k x[m,k] · WT[k,:]) ⊙ scale, vectorized along N. For the few-column matrices of the \
    adaptive softmax's tail (K of 16 or 64, N in the thousands), where a dot product per row      \
    would be mostly its final sum. */                                                               \
-void arlm_matmul_##SUFFIX##_t(int64_t M, int64_t N, int64_t K, const T *WT, const float *scale,   \
-                              const float *x, float *y) {                                         \
+static void matmul_t_##SUFFIX(int64_t M, int64_t N, int64_t K, const T *WT, const float *scale,    \
+                             const float *x, float *y) {                                          \
     const int64_t Nv = N - N % W;                                                                 \
     for (int64_t m = 0; m < M; m++) {                                                             \
         float *ym = y + m * N;                                                                    \
@@ -380,6 +381,11 @@ void arlm_matmul_##SUFFIX##_t(int64_t M, int64_t N, int64_t K, const T *WT, cons
             ym[n] = scale ? s * scale[n] : s;                                                     \
         }                                                                                         \
     }                                                                                             \
+}                                                                                                 \
+                                                                                                  \
+void arlm_matmul_##SUFFIX##_t(int64_t M, int64_t N, int64_t K, const T *WT, const float *scale,   \
+                              const float *x, float *y) {                                         \
+    matmul_t_##SUFFIX(M, N, K, WT, scale, x, y);                                                  \
 }
 
 /* A whole window of one layer in inference, from the low-precision weight: per step the
@@ -414,6 +420,134 @@ DEFINE_SEQUENCE(i8, int8_t)
 #ifdef HAVE_HALF
 DEFINE_PRODUCTS(f16, uint16_t, load_f16, f16_to_float)
 DEFINE_SEQUENCE(f16, uint16_t)
+#endif
+
+/* --- One decoding step of the whole model, in one call --------------------------------------
+
+   Generation, beam search and a typing session read one token per sequence at a time, and
+   such a step is one pass over every weight. Made of torch calls and the C calls above (two
+   dozen: each layer's two products and gate pass, the projection, the softmax head, each
+   tail cluster's two products and log-softmax, and the buffers between them), their
+   dispatch and allocations cost a third of the step for the default model in float32.
+   Here the same loops run back to back: the cells' products and gate passes are the very
+   calls arlm_lstm_sequence makes, so the new state is the same to the bit; only the
+   log-softmax is this file's own (exp_ above, where torch has its own vectorized exp). */
+
+typedef struct {
+    const void *w;        /* the weight as stored: (n, ld) rows, or (k, n) if transposed */
+    const float *scale;   /* int8: one scale per output; else NULL */
+    const float *bias;    /* n floats, or NULL */
+    int64_t n, k, ld, transposed;
+} arlm_linear;
+
+typedef struct {
+    int64_t layers, hidden, emb;
+    const float *embedding;         /* (vocabulary, emb) */
+    const arlm_linear *cells;       /* per layer: the fused W (4H, H + I), whose bias is b */
+    const arlm_linear *projection;  /* hidden → emb before the softmax, or NULL */
+    const arlm_linear *head;        /* the whole output layer, or the adaptive softmax's head */
+    int64_t shortlist, clusters;    /* adaptive: the head's word rows and the tail clusters (0: none) */
+    const int64_t *cutoffs;         /* cluster k holds ids cutoffs[k] .. cutoffs[k + 1] - 1 */
+    const arlm_linear *down, *up;   /* per cluster: emb → its width, its width → its words */
+    int64_t eos;                    /* a sequence reading this id starts afresh (state zeroed); -1: never */
+} arlm_decoder;
+
+/* z ← log softmax(z), n values: (z - max) - log Σ e^(z - max), as torch's log_softmax. */
+static void log_softmax_(int64_t n, float *z) {
+    float m = -INFINITY;
+    for (int64_t j = 0; j < n; j++) m = z[j] > m ? z[j] : m;
+    vf acc = splat(0.0f);
+    const int64_t nv = n - n % W;
+    for (int64_t j = 0; j < nv; j += W) acc += exp_(load(z + j) - m);
+    float tail[W] = {0};
+    for (int64_t j = nv; j < n; j++) tail[j - nv] = z[j] - m;
+    vf e = exp_(load(tail));
+    for (int64_t j = n - nv; j < W; j++) e[j] = 0.0f;
+    const float log_sum = logf(hsum(acc + e));
+    for (int64_t j = 0; j < n; j++) z[j] = (z[j] - m) - log_sum;
+}
+
+#define DEFINE_DECODE(SUFFIX, T_)                                                                 \
+/* y (B, n) = x (B, k) · Wᵀ (+ bias), from the columns [column, column + k) of a row-major W. */  \
+static void linear_##SUFFIX(int64_t threads, const arlm_linear *L, int64_t B, int64_t column,     \
+                            int64_t k, const float *x, float *y) {                                \
+    if (L->transposed)                                                                            \
+        matmul_t_##SUFFIX(B, L->n, L->k, (const T_ *)L->w, L->scale, x, y);                       \
+    else                                                                                          \
+        matmul_##SUFFIX(threads, B, L->n, k, (const T_ *)L->w + column, L->ld, L->scale, x, y);   \
+    if (L->bias)                                                                                  \
+        for (int64_t b = 0; b < B; b++)                                                           \
+            for (int64_t j = 0; j < L->n; j++) y[b * L->n + j] += L->bias[j];                     \
+}                                                                                                 \
+                                                                                                  \
+/* B sequences (at most a few: their rows share each weight read) read one token each: ids (B),  \
+   the state h0, c0 (layers, B, H) → h, c (layers, B, H) and out (B, vocabulary), the            \
+   log-probabilities of the next token. Returns 0, or -1 if scratch could not be allocated. */   \
+int arlm_decode_##SUFFIX(int64_t threads, const arlm_decoder *m, int64_t B, const int64_t *ids,   \
+                         const float *h0, const float *c0, float *h, float *c, float *out) {      \
+    const int64_t H = m->hidden, E = m->emb, X = E > H ? E : H, n_head = m->head->n;              \
+    int64_t width = 0, words = 0;  /* the widest tail cluster and its most words */               \
+    for (int64_t k = 0; k < m->clusters; k++) {                                                   \
+        width = m->down[k].n > width ? m->down[k].n : width;                                      \
+        words = m->up[k].n > words ? m->up[k].n : words;                                          \
+    }                                                                                             \
+    const int64_t size = B * (X + H + 3 * 4 * H + H + E + n_head + width + words) + B;            \
+    float *scratch = malloc(size * sizeof(float));                                                \
+    if (!scratch) return -1;                                                                      \
+    float *x = scratch, *h_in = x + B * X, *zh = h_in + B * H, *zx = zh + B * 4 * H;              \
+    float *gates = zx + B * 4 * H, *tanh_c = gates + B * 4 * H, *y = tanh_c + B * H;              \
+    float *head = y + B * E, *mid = head + B * n_head, *logits = mid + B * width;                 \
+    float *keep = logits + B * words;                                                             \
+    for (int64_t b = 0; b < B; b++) {                                                             \
+        memcpy(x + b * E, m->embedding + ids[b] * E, E * sizeof(float));                          \
+        keep[b] = ids[b] == m->eos ? 0.0f : 1.0f;                                                 \
+    }                                                                                             \
+    const float *k_ = m->eos >= 0 ? keep : 0;                                                     \
+    int64_t I = E;                                                                                \
+    for (int64_t l = 0; l < m->layers; l++) {                                                     \
+        const arlm_linear *cell = m->cells + l;                                                   \
+        const float *hp = h0 + l * B * H, *cp = c0 + l * B * H;                                   \
+        float *hl = h + l * B * H, *cl = c + l * B * H;                                           \
+        /* W_x·x_t, then W_h·(h_{t-1} ⊙ keep) and the gates: arlm_lstm_sequence's T = 1 */        \
+        matmul_##SUFFIX(threads, B, 4 * H, I, (const T_ *)cell->w + H, cell->ld, cell->scale, x, zx); \
+        for (int64_t b = 0; b < B; b++)                                                           \
+            for (int64_t j = 0; j < H; j++) h_in[b * H + j] = k_ ? hp[b * H + j] * k_[b] : hp[b * H + j]; \
+        matmul_##SUFFIX(threads, B, 4 * H, H, (const T_ *)cell->w, cell->ld, cell->scale, h_in, zh); \
+        lstm_forward(threads, B, H, zh, zx, cell->bias, cp, k_, gates, cl, tanh_c, hl, 0, 0);     \
+        memcpy(x, hl, B * H * sizeof(float));                                                     \
+        I = H;                                                                                    \
+    }                                                                                             \
+    const float *features = x;                                                                    \
+    if (m->projection) {                                                                          \
+        linear_##SUFFIX(threads, m->projection, B, 0, H, x, y);                                   \
+        features = y;                                                                             \
+    }                                                                                             \
+    const int64_t V = m->clusters ? m->cutoffs[m->clusters] : n_head;                             \
+    linear_##SUFFIX(threads, m->head, B, 0, m->head->k, features, head);                          \
+    for (int64_t b = 0; b < B; b++) {                                                             \
+        float *hb = head + b * n_head, *ob = out + b * V;                                         \
+        log_softmax_(n_head, hb);                                                                 \
+        memcpy(ob, hb, (m->clusters ? m->shortlist : n_head) * sizeof(float));                    \
+    }                                                                                             \
+    for (int64_t k = 0; k < m->clusters; k++) {  /* log P(cluster k) + log P(word | cluster k) */ \
+        const arlm_linear *down = m->down + k, *up = m->up + k;                                   \
+        linear_##SUFFIX(threads, down, B, 0, down->k, features, mid);                             \
+        linear_##SUFFIX(threads, up, B, 0, up->k, mid, logits);                                   \
+        for (int64_t b = 0; b < B; b++) {                                                         \
+            float *lb = logits + b * up->n, *ob = out + b * V + m->cutoffs[k];                    \
+            const float class_lp = head[b * n_head + m->shortlist + k];                           \
+            log_softmax_(up->n, lb);                                                              \
+            for (int64_t j = 0; j < up->n; j++) ob[j] = lb[j] + class_lp;                         \
+        }                                                                                         \
+    }                                                                                             \
+    free(scratch);                                                                                \
+    return 0;                                                                                     \
+}
+
+DEFINE_DECODE(f32, float)
+DEFINE_DECODE(i8, int8_t)
+#ifdef HAVE_HALF
+DEFINE_DECODE(f16, uint16_t)
 #endif
 
 /* --- A whole window for training, in one call ---------------------------------------------
