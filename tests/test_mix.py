@@ -88,7 +88,7 @@ def test_completion_sessions_generation_and_beams_use_the_mixture(pair):
         for token, used in zip(new, seen):
             log_probs, _ = heavy._read_ids(ids)  # read afresh: prompt and every token so far
             torch.testing.assert_close(used[0], log_probs, rtol=1e-5, atol=1e-5)
-            assert token == int(log_probs.masked_fill(heavy._banned(False), -math.inf).argmax())
+            assert token == int(log_probs.index_fill(-1, heavy._banned(False), -math.inf).argmax())
             ids.append(token)
         (text, _), = heavy.beam_search(prompt, beam_size=1, max_new_tokens=8, stop_at_eos=stop)
         assert text == heavy._decode(new)
