@@ -15,9 +15,11 @@ nothing about it. A model trained further needs a new FrozenModel.
 
 The numbers are the model's own, tested equal to `LanguageModel` to 1e-5 in float32: a
 window of several tokens runs the same backend paths (arlm/fast/) as training's forward
-pass in eval mode; a decoding step (one token for up to four sequences) runs every
-product, float32 too, in lowp's C loops, where torch's per-call cost would be most of a
-step on a CPU (the same answers to float32 rounding). The
+pass in eval mode; a decoding step (`step`: one token for up to four sequences) runs the
+whole model, float32 too, in one C call (lowp.Decoder: the embedding, every layer, the
+projection and the log-softmax over the vocabulary), where torch's per-call cost would be a
+third of a step on a CPU (the state the window path's to the bit, log-probabilities to
+float32 rounding). The
 adaptive softmax is run here from the prepared products (head, then each cluster), which
 is what `torch.nn.AdaptiveLogSoftmaxWithLoss.log_prob` computes, because its modules
 cannot multiply from int8 or float16 copies.
