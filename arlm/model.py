@@ -125,6 +125,15 @@ def embedding_dropout(weight: Tensor, ids: Tensor, p: float, training: bool, spa
 # --- the language model ------------------------------------------------------------
 
 
+def fast_linears(module: nn.Module) -> None:
+    """Make every plain nn.Linear inside `module` (torch's adaptive softmax builds its own) a
+    fast.Linear, in place: the same object and parameters (no new initialisation, so no
+    random draw moves), only its products go by fast.linear, as the model's other layers'."""
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = fast.Linear
+
+
 class TiedHead(nn.Module):
     """The adaptive softmax head with its shortlist rows tied to the embeddings.
 
@@ -149,7 +158,7 @@ class TiedHead(nn.Module):
         return torch.cat([rows, self.cluster_weight])
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight())
+        return fast.linear(x, self.weight())
 
 
 class Output(NamedTuple):
@@ -166,15 +175,16 @@ class LanguageModel(nn.Module):
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_size)
         self.lstm = StackedLSTM(cfg.emb_size, cfg.hidden_size, cfg.num_layers, cfg.dropout_hidden, cfg.weight_drop)
         out_size = cfg.emb_size if cfg.tie_weights else cfg.hidden_size
-        self.projection = nn.Linear(cfg.hidden_size, out_size) if out_size != cfg.hidden_size else None
+        self.projection = fast.Linear(cfg.hidden_size, out_size) if out_size != cfg.hidden_size else None
         if cfg.uses_adaptive:
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(out_size, cfg.vocab_size, cfg.effective_cutoffs, cfg.adaptive_div)
             self.decoder = None
             if cfg.tie_weights:
                 self.adaptive.head = TiedHead(self.embedding, cfg.effective_cutoffs[0], len(cfg.effective_cutoffs))
+            fast_linears(self.adaptive)
         else:
             self.adaptive = None
-            self.decoder = nn.Linear(out_size, cfg.vocab_size)
+            self.decoder = fast.Linear(out_size, cfg.vocab_size)
             if cfg.tie_weights:
                 self.decoder.weight = self.embedding.weight
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from arlm import batching
 from arlm.config import ModelConfig, OptimConfig, TrainConfig
-from arlm.fast import adaptive_nll
+from arlm.fast import Linear, adaptive_nll
 from arlm.model import TiedHead
 from arlm.train import lr_at
 
@@ -60,9 +60,11 @@ class Block(nn.Module):
         super().__init__()
         self.heads = cfg.heads
         self.ln1, self.ln2 = nn.LayerNorm(cfg.width), nn.LayerNorm(cfg.width)
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.out = nn.Linear(cfg.width, cfg.width)
-        self.mlp = nn.Sequential(nn.Linear(cfg.width, 4 * cfg.width), nn.GELU(), nn.Linear(4 * cfg.width, cfg.width))
+        # arlm's Linear: nn.Linear with its products by the faster of torch's two GEMMs on this
+        # CPU, as arlm's own layers get them (products.mm), so both models multiply alike
+        self.qkv = Linear(cfg.width, 3 * cfg.width)
+        self.out = Linear(cfg.width, cfg.width)
+        self.mlp = nn.Sequential(Linear(cfg.width, 4 * cfg.width), nn.GELU(), Linear(4 * cfg.width, cfg.width))
         self.dropout = cfg.dropout
 
     def forward(self, x: Tensor) -> Tensor:  # x (B, T, D)

@@ -15,15 +15,20 @@ from arlm.model import StackedLSTM
 ISAS = kernel.available_isas()  # every build of the C step this CPU runs (avx512, avx2, generic on x86-64)
 
 
-@pytest.fixture(params=[*(f"C window/{isa}" for isa in ISAS), *(f"C step/{isa}" for isa in ISAS), "torch ops"])
+@pytest.fixture(params=[*(f"C window/{isa}" for isa in ISAS), *(f"C step/{isa}" for isa in ISAS), "torch ops",
+                        f"C window/{ISAS[0]}/onednn", f"C step/{ISAS[0]}/onednn"])
 def path(request, monkeypatch):
     """Run a test on each implementation of the fast path: the whole window in one C call
     (where H is whole vectors and T·B >= 32), a Python time loop around the compiled C
     step, and the torch-operations fallback (arlm/fast/); the C paths in every build this
-    CPU runs (lanes of 16, 8 or 4 floats)."""
-    name, _, isa = request.param.partition("/")
+    CPU runs (lanes of 16, 8 or 4 floats), their large products by torch's BLAS, and the
+    best build's also by oneDNN (products.mm: the default on some CPUs, so every CI
+    machine runs both)."""
+    name, _, rest = request.param.partition("/")
+    isa, _, products = rest.partition("/")
     compiled = name != "torch ops"
     monkeypatch.setenv("ARLM_WINDOW", "1" if name == "C window" else "0")
+    monkeypatch.setenv("ARLM_MATMUL", products or "blas")
     kernel.set_enabled(compiled, isa=isa or None)
     if compiled:
         k = kernel.load()
@@ -683,3 +688,140 @@ def test_c_masks_fall_back_to_torch_when_the_generator_state_is_not_the_expected
     monkeypatch.setattr(masks, "_checked", None)
     monkeypatch.setattr(masks, "_threshold", lambda p: 0)  # C draws that differ from torch's are refused
     assert masks._kernel() is None
+
+
+@pytest.mark.parametrize("backend", ["blas", "onednn"])
+def test_mm_equals_torch_mm_for_plain_transposed_and_column_sliced_matrices(backend, monkeypatch):
+    """products.mm, the window's large products (W_x·x for every step, dL/dx, dL/dW): the
+    same product as torch.mm on every layout the backend hands it — a column slice W[:, H:]
+    included, which oneDNN must not read in place — and torch.mm itself off CPU float32."""
+    from arlm.fast import products
+
+    monkeypatch.setenv("ARLM_MATMUL", backend)
+    assert products.onednn_products() is (backend == "onednn" and products.ONEDNN)
+    torch.manual_seed(0)
+    W = torch.randn(64, 48 + 40)
+    dG, x, hx = torch.randn(70, 64), torch.randn(70, 40), torch.randn(70, 88)
+    cases = {"x W_xᵀ (a sliced, transposed weight)": (x, W[:, 48:].t()),
+             "dG W_x (a column slice)": (dG, W[:, 48:]),
+             "dGᵀ hx (a transposed left side)": (dG.t(), hx),
+             "plain": (hx, W.t())}
+    for name, (a, b) in cases.items():
+        want = (a.double() @ b.double()).float()
+        torch.testing.assert_close(products.mm(a, b), want, atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        assert torch.equal(products.mm(a, b), products.mm(a, b)), name  # the same bits every call
+    a64, b64 = torch.randn(5, 6, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    assert torch.equal(products.mm(a64, b64), torch.mm(a64, b64))
+
+
+@pytest.mark.parametrize("vendor, features, blas, onednn", [
+    ("AuthenticAMD", {"avx512f", "avx2"}, "BLAS_INFO=mkl", True),    # Zen 4/5: MKL runs AVX2 kernels there
+    ("GenuineIntel", {"avx512f", "avx2"}, "BLAS_INFO=mkl", False),   # MKL's own AVX-512 kernels
+    ("AuthenticAMD", {"avx2"}, "BLAS_INFO=mkl", False),              # Zen 3: both run AVX2
+    ("AuthenticAMD", {"avx512f", "avx2"}, "BLAS_INFO=open", False),  # another BLAS: no vendor check to avoid
+])
+def test_onednn_runs_the_products_by_default_only_where_mkl_leaves_avx512_unused(vendor, features, blas, onednn,
+                                                                                monkeypatch):
+    from arlm.fast import build, products
+
+    monkeypatch.delenv("ARLM_MATMUL", raising=False)
+    monkeypatch.setattr(products, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(build, "cpu_features", lambda: frozenset(features))
+    monkeypatch.setattr(torch.__config__, "show", lambda: f"Build settings: {blas}, USE_MKLDNN=ON")
+    products._auto_onednn.cache_clear()
+    try:
+        assert products.onednn_products() is (onednn and products.ONEDNN)
+        monkeypatch.setenv("ARLM_MATMUL", "blas")
+        assert products.onednn_products() is False
+        monkeypatch.setenv("ARLM_MATMUL", "onednn")
+        assert products.onednn_products() is products.ONEDNN
+    finally:
+        products._auto_onednn.cache_clear()
+
+
+def test_a_seeded_model_trains_to_the_same_bits_every_run_with_onednn_products_and_close_to_blas(monkeypatch):
+    """oneDNN's products round differently from MKL's, so a seed has one trajectory per
+    backend: each reproducible to the bit, and the two within float32 rounding of each other
+    after a few steps (the C window runs here: H 16, 48 rows a window)."""
+    from arlm.config import ModelConfig
+    from arlm.model import LanguageModel
+    cfg = ModelConfig(vocab_size=50, emb_size=16, hidden_size=16, num_layers=2, softmax="full")
+
+    def train(backend: str):
+        monkeypatch.setenv("ARLM_MATMUL", backend)
+        torch.manual_seed(0)
+        model = LanguageModel(cfg)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        ids = torch.randint(0, 50, (13, 4))
+        for _ in range(3):
+            loss = model(ids[:-1], targets=ids[1:]).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    from arlm.fast import products
+    handed = []  # what oneDNN was given: only its branch of products.mm makes matrices dense
+    real = products._dense
+    monkeypatch.setattr(products, "_dense", lambda t: handed.append(t.shape) or real(t))
+    onednn = train("onednn")
+    # at least 2 layers × (W_x·x, dL/dx — the embedding below needs it too — dL/dW) × 3 steps,
+    # two operands each; then the output layer's three products
+    assert len(handed) >= 2 * 3 * 3 * 2 if products.ONEDNN else not handed
+    handed.clear()
+    again = train("onednn")
+    handed.clear()
+    blas = train("blas")
+    assert not handed  # blas hands oneDNN nothing
+    assert all(torch.equal(a, b) for a, b in zip(onednn, again))
+    for a, b in zip(onednn, blas):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["blas", "onednn"])
+def test_linear_equals_f_linear_values_and_gradients_and_is_f_linear_itself_off_onednn(backend, monkeypatch):
+    """fast.linear / fast.Linear (the projection, the full softmax's decoder, the adaptive
+    head and its clusters' projections): F.linear's values and gradients to float32 rounding
+    on oneDNN, and F.linear itself, bit for bit, wherever oneDNN is not used."""
+    from arlm import fast
+    from arlm.fast import products
+
+    monkeypatch.setenv("ARLM_MATMUL", backend)
+    torch.manual_seed(1)
+    for shape, bias in [((7, 5, 24), True), ((40, 24), False)]:
+        x = torch.randn(*shape, requires_grad=True)
+        W, b = torch.randn(33, 24, requires_grad=True), (torch.randn(33, requires_grad=True) if bias else None)
+        g = torch.randn(*shape[:-1], 33)
+        leaves = [x, W, *([b] if bias else [])]
+        got = fast.linear(x, W, b)
+        got_grads = torch.autograd.grad((got * g).sum(), leaves)
+        want = F.linear(x, W, b)
+        want_grads = torch.autograd.grad((want * g).sum(), leaves)
+        if backend == "blas" or not products.ONEDNN:
+            assert torch.equal(got, want) and all(torch.equal(a, w) for a, w in zip(got_grads, want_grads))
+        else:
+            assert got.grad_fn is not None and "_Linear" in type(got.grad_fn).__name__  # oneDNN's way was taken
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        for a, w in zip(got_grads, want_grads):
+            torch.testing.assert_close(a, w, atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast sees torch's own op
+            assert fast.linear(x, W, b).dtype == torch.bfloat16
+    layer = fast.Linear(24, 33)
+    assert isinstance(layer, nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
+    x = torch.randn(6, 24)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_adaptive_nll_with_onednn_products_equals_torch_module_values_and_every_gradient(monkeypatch):
+    """The §5 shape with the head and the clusters' projections by oneDNN (products.linear)."""
+    from arlm.fast import adaptive_nll
+
+    monkeypatch.setenv("ARLM_MATMUL", "onednn")
+    torch.manual_seed(5)
+    asm = nn.AdaptiveLogSoftmaxWithLoss(256, 50000, [2000, 10000], 4.0)
+    x, t, g = torch.randn(300, 256, requires_grad=True), zipf(50000, 300), torch.randn(300)
+    want, want_grads = loss_and_grads(torch_nll, asm, x, t, g)
+    got, got_grads = loss_and_grads(adaptive_nll, asm, x, t, g)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+        assert (a - b).norm() <= 1e-5 * b.norm()

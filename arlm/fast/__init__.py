@@ -14,6 +14,11 @@ and, for the output layer,
 
     adaptive_nll(asm, x, targets)          the adaptive softmax's loss, its tail clusters in C (adaptive.py)
 
+and for the large products, torch's BLAS or oneDNN, whichever is the fast one on this CPU
+(products.py; ARLM_MATMUL=blas|onednn forces one):
+
+    mm(a, b)  ==  a @ b        linear(x, W, b)  ==  F.linear(x, W, b)        Linear  ==  nn.Linear
+
 and for dropout, torch's own random masks drawn in C (masks.py):
 
     dropout(x, p)  ==  F.dropout(x, p)      bernoulli_(mask, p)  ==  mask.bernoulli_(p)
@@ -34,9 +39,10 @@ from torch import Tensor
 from arlm.fast import build, c_step, c_window, torch_loop
 from arlm.fast.adaptive import adaptive_nll
 from arlm.fast.masks import bernoulli_, dropout, dropout_mask
-from arlm.fast.products import LayerWeights
+from arlm.fast.products import LayerWeights, Linear, linear, mm
 
-__all__ = ["LayerWeights", "adaptive_nll", "bernoulli_", "dropout", "dropout_mask", "lstm_window", "prepare_keep", "run_forward", "Window"]
+__all__ = ["LayerWeights", "Linear", "adaptive_nll", "bernoulli_", "dropout", "dropout_mask", "linear", "lstm_window", "mm",
+           "prepare_keep", "run_forward", "Window"]
 
 
 def _kernel_for(*tensors: Tensor) -> build.Kernel | None:
@@ -104,7 +110,7 @@ class Window(torch.autograd.Function):
         else:
             dG, dh, dc = ctx.path.backward(ctx.kernel, *args)
         dG2 = dG.view(T * B, 4 * H)
-        d_x = (dG2 @ W[:, H:]).view_as(x) if ctx.needs_input_grad[0] else None
+        d_x = mm(dG2, W[:, H:]).view_as(x) if ctx.needs_input_grad[0] else None
         d_W = d_b = None
         if ctx.needs_input_grad[3]:
             # One product for the whole weight: dW = Σ_t dG_t^T [h_{t-1}, x_t].
@@ -120,7 +126,7 @@ class Window(torch.autograd.Function):
                 torch.mul(h0, keep[0], out=h_prev[0])
                 torch.mul(hs[:-1], keep[1:], out=h_prev[1:])
             hx[:, :, H:] = x
-            d_W = dG2.t() @ hx.view(T * B, -1)
+            d_W = mm(dG2.t(), hx.view(T * B, -1))
             if h_mask is not None:  # through W_h ⊙ h_mask
                 d_W[:, :H].mul_(h_mask)
         if ctx.needs_input_grad[4]:

@@ -13,10 +13,10 @@ of ~27 MB each, every step, bound by memory and by fresh pages. `ClusterLogProb`
 each token's target logit and log-sum-exp: lstm_step.c (arlm_cluster_*) runs over the words
 in L1-sized blocks with the logits kept in registers, and the backward recomputes them.
 
-The head (the shortlist plus one row per cluster) is a dense, well-shaped product and stays
-with torch. Off CPU float32, under autocast, without a compiler or with ARLM_CLUSTERS=0, it
-is torch's module; a cluster whose width is not whole vectors of the build is torch's
-log-softmax and gather.
+The head (the shortlist plus one row per cluster) and the clusters' projections are dense,
+well-shaped products, done by products.linear (torch's BLAS or oneDNN). Off CPU float32,
+under autocast, without a compiler or with ARLM_CLUSTERS=0, it is torch's module; a cluster
+whose width is not whole vectors of the build is torch's log-softmax and gather.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from arlm.fast import build
+from arlm.fast.products import linear
 
 
 class ClusterLogProb(torch.autograd.Function):
@@ -87,7 +88,7 @@ def adaptive_nll(asm: nn.AdaptiveLogSoftmaxWithLoss, x: Tensor, targets: Tensor)
             gather.index_copy_(0, rows, targets[in_range])
         else:       # cluster i: the head's entry for the cluster, plus the word within it
             projection, words = asm.tail[i - 1]
-            P, y = projection(x.index_select(0, rows)), targets[in_range] - low
+            P, y = linear(x.index_select(0, rows), projection.weight, projection.bias), targets[in_range] - low
             if P.shape[1] % kernel.lanes == 0:
                 local = ClusterLogProb.apply(P, words.weight, y, kernel)
             else:
@@ -98,6 +99,8 @@ def adaptive_nll(asm: nn.AdaptiveLogSoftmaxWithLoss, x: Tensor, targets: Tensor)
     if used != targets.shape[0]:
         raise RuntimeError(f"Target values should be in [0, {asm.n_classes - 1}], but values in range "
                            f"[{targets.min().item()}, {targets.max().item()}] were found. ")
-    head_logprob = F.log_softmax(asm.head(x), dim=1)
+    head = asm.head
+    logits = linear(x, head.weight, head.bias) if type(head) is nn.Linear else head(x)  # TiedHead: linear too
+    head_logprob = F.log_softmax(logits, dim=1)
     output += head_logprob.gather(1, gather.unsqueeze(1)).squeeze(1)
     return -output

@@ -9,14 +9,14 @@ import torch
 from torch import Tensor
 
 from arlm.fast.build import Kernel
-from arlm.fast.products import LayerWeights, Times
+from arlm.fast.products import LayerWeights, Times, mm
 
 
 def forward(kernel: Kernel, w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, keep: Tensor | None):
     """gates (T, B, 4H), cs, tanh_cs, hs (T, B, H). keep: (T, B, 1) float32 contiguous, or None."""
     T, B, I = x.shape
     H = w.H
-    gx = torch.mm(x.reshape(T * B, I), w.W_x.t()).view(T, B, 4 * H)  # W_x·x_t; the C step adds b itself
+    gx = mm(x.reshape(T * B, I), w.W_x.t()).view(T, B, 4 * H)  # W_x·x_t; the C step adds b itself
     gates = torch.empty_like(gx)
     cs, tanh_cs, hs = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, H)
     times_W_h = w.times_W_h(B, T)

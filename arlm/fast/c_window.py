@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from arlm.fast.build import Kernel
-from arlm.fast.products import LayerWeights
+from arlm.fast.products import LayerWeights, mm
 
 
 def applies(kernel: Kernel, T: int, B: int, H: int) -> bool:
@@ -24,7 +24,7 @@ def forward(kernel: Kernel, w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, 
     """gates (T, B, 4H), cs, tanh_cs, hs (T, B, H). keep: (T, B, 1) float32 contiguous, or None."""
     T, B, I = x.shape
     H = w.H
-    gx = torch.mm(x.reshape(T * B, I), w.W_x.t()).view(T, B, 4 * H)  # W_x·x_t; C adds b itself
+    gx = mm(x.reshape(T * B, I), w.W_x.t()).view(T, B, 4 * H)  # W_x·x_t; C adds b itself
     cs, tanh_cs, hs = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, H)
     # The gates overwrite gx in place: each is read once, just before its gate is written
     # where it stood, so the step writes to lines it has just read rather than to a fresh
