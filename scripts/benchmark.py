@@ -821,7 +821,7 @@ def bench_peer(args) -> dict:
         t = time.time()
         ppl = perplexity(model, test_ids, eos)
         rows.append({"model": f"transformer {cfg.layers}×{cfg.width}, {cfg.heads} heads, ctx {cfg.context}, "
-                              f"batch {args.peer_batch}, lr {lr:g}",
+                              f"batch {args.peer_batch}, lr {lr:g}" + (f", dropout {cfg.dropout:g}" if cfg.dropout else ""),
                      "parameters": info["parameters"], "test ppl": ppl, "tokens/s": info["tokens"] / info["train_seconds"],
                      "train minutes": info["train_seconds"] / 60, "steps": info["steps"],
                      "epochs": info["tokens"] / len(train_ids), "scoring seconds": time.time() - t})
@@ -942,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="runs/hadith", help="inference: checkpoint (default: runs/hadith)")
     p.add_argument("--minutes", type=float, default=30, help="quality/reference/peer: training budget (default: 30)")
     p.add_argument("--peer", nargs="+", default=["4x256:1e-3"],
-                   help="peer: transformer configurations, LAYERSxWIDTH:LR each (default: 4x256:1e-3)")
+                   help="peer: transformer configurations, LAYERSxWIDTH:LR[:DROPOUT] each (default: 4x256:1e-3, no dropout)")
     p.add_argument("--peer-batch", type=int, default=8,
                    help="peer: sequences of its context per step (default: 8, ~1,000 tokens a step, as arlm's 32 × 35)")
     p.add_argument("--peer-warmup", type=int, default=100, help="peer: warm-up steps (default: 100)")

@@ -48,10 +48,14 @@ class PeerConfig:
 
     @classmethod
     def parse(cls, spec: str, vocab_size: int) -> tuple["PeerConfig", float]:
-        """"LxW:lr" (e.g. 4x256:1e-3) → the config (heads of 64 dimensions) and its learning rate."""
-        shape, _, lr = spec.partition(":")
+        """"LxW:lr[:dropout]" (e.g. 4x256:1e-3, 2x256:1e-3:0.2) → the config (heads of 64
+        dimensions; dropout on attention and both residual branches, default none) and its
+        learning rate."""
+        shape, _, rest = spec.partition(":")
+        lr, _, dropout = rest.partition(":")
         layers, _, width = shape.partition("x")
-        cfg = cls(vocab_size=vocab_size, layers=int(layers), width=int(width), heads=max(1, int(width) // 64))
+        cfg = cls(vocab_size=vocab_size, layers=int(layers), width=int(width), heads=max(1, int(width) // 64),
+                  dropout=float(dropout or 0.0))
         return cfg, float(lr or 1e-3)
 
 

@@ -23,7 +23,9 @@ def tiny(context=16) -> "peer.Peer":
 
 def test_spec_parses_to_layers_width_heads_and_rate():
     cfg, lr = peer.PeerConfig.parse("6x384:6e-4", 50000)
-    assert (cfg.layers, cfg.width, cfg.heads, cfg.vocab_size, lr) == (6, 384, 6, 50000, 6e-4)
+    assert (cfg.layers, cfg.width, cfg.heads, cfg.vocab_size, lr, cfg.dropout) == (6, 384, 6, 50000, 6e-4, 0.0)
+    cfg, lr = peer.PeerConfig.parse("2x256:1e-3:0.2", 50000)
+    assert (cfg.layers, cfg.width, cfg.heads, lr, cfg.dropout) == (2, 256, 4, 1e-3, 0.2)
 
 
 def test_a_position_sees_only_the_tokens_before_it():
