@@ -640,6 +640,22 @@ def _previous_sequence(self, x, state, weight_drop=0.0, keep=None):
     return hs, (h, c), trace_of(gates, cs, hs)
 
 
+def sgd_steps(cfg, steps: int = 3) -> list[torch.Tensor]:
+    """A model seeded with 0, after `steps` SGD steps on one random window of its vocabulary."""
+    from arlm.model import LanguageModel
+
+    torch.manual_seed(0)
+    model = LanguageModel(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    ids = torch.randint(0, cfg.vocab_size, (13, 4))
+    for _ in range(steps):
+        loss = model(ids[:-1], targets=ids[1:]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
 def test_a_seeded_run_with_every_dropout_trains_the_same_with_c_masks_as_with_torch_masks(monkeypatch):
     """Same seed, same trajectory: three SGD steps of a model using all five dropouts give
     bit-identical weights whether the masks come from C or from torch's bernoulli_, and the
@@ -647,7 +663,6 @@ def test_a_seeded_run_with_every_dropout_trains_the_same_with_c_masks_as_with_to
     torch) — the C window runs here (H 16, 48 rows a window)."""
     from arlm.config import ModelConfig
     from arlm.fast import masks
-    from arlm.model import LanguageModel
     cfg = ModelConfig(vocab_size=50, emb_size=16, hidden_size=16, num_layers=2, softmax="full", dropout=0.3,
                       dropout_input=0.2, dropout_hidden=0.2, dropout_embedding=0.1, weight_drop=0.4)
 
@@ -655,17 +670,9 @@ def test_a_seeded_run_with_every_dropout_trains_the_same_with_c_masks_as_with_to
         monkeypatch.setattr(masks, "_checked", None if c_masks else False)
         if previous:
             monkeypatch.setattr(LSTMCell, "sequence", _previous_sequence)
-        torch.manual_seed(0)
-        model = LanguageModel(cfg)
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        ids = torch.randint(0, 50, (13, 4))
-        for _ in range(3):
-            loss = model(ids[:-1], targets=ids[1:]).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        params = sgd_steps(cfg)
         assert (masks._kernel() is not None) == c_masks
-        return [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
+        return params, torch.get_rng_state()
 
     (ours, state_ours), (theirs, state_theirs) = train(True), train(False)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
@@ -744,21 +751,11 @@ def test_a_seeded_model_trains_to_the_same_bits_every_run_with_onednn_products_a
     backend: each reproducible to the bit, and the two within float32 rounding of each other
     after a few steps (the C window runs here: H 16, 48 rows a window)."""
     from arlm.config import ModelConfig
-    from arlm.model import LanguageModel
     cfg = ModelConfig(vocab_size=50, emb_size=16, hidden_size=16, num_layers=2, softmax="full")
 
     def train(backend: str):
         monkeypatch.setenv("ARLM_MATMUL", backend)
-        torch.manual_seed(0)
-        model = LanguageModel(cfg)
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        ids = torch.randint(0, 50, (13, 4))
-        for _ in range(3):
-            loss = model(ids[:-1], targets=ids[1:]).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return [p.detach().clone() for p in model.parameters()]
+        return sgd_steps(cfg)
 
     from arlm.fast import products
     handed = []  # what oneDNN was given: only its branch of products.mm makes matrices dense
