@@ -100,7 +100,7 @@ def adaptive_nll(asm: nn.AdaptiveLogSoftmaxWithLoss, x: Tensor, targets: Tensor)
         raise RuntimeError(f"Target values should be in [0, {asm.n_classes - 1}], but values in range "
                            f"[{targets.min().item()}, {targets.max().item()}] were found. ")
     head = asm.head
-    logits = linear(x, head.weight, head.bias) if type(head) is nn.Linear else head(x)  # TiedHead: linear too
+    logits = linear(x, head.weight, head.bias) if isinstance(head, nn.Linear) else head(x)  # TiedHead: linear too
     head_logprob = F.log_softmax(logits, dim=1)
     output += head_logprob.gather(1, gather.unsqueeze(1)).squeeze(1)
     return -output

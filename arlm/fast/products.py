@@ -81,13 +81,20 @@ def _dense(t: Tensor) -> Tensor:
     return t.t().contiguous().t() if t.stride(0) == 1 else t.contiguous()
 
 
+def _onednn_for(*tensors: Tensor) -> bool:
+    """Whether mm() and linear() take oneDNN's way here: CPU float32 tensors, oneDNN chosen,
+    and nothing that must see plain torch operations (autocast, tracing, ONNX export)."""
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or not onednn_products():
+        return False
+    return not (torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
 def mm(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for 2-D CPU/GPU tensors: torch.mm, or oneDNN's matmul where `onednn_products()`
     (CPU float32 only). The same product either way, rounded differently in the last bits
     (each sums its k terms in its own blocked order), so a seed's training follows one
     trajectory per choice; ARLM_MATMUL=blas gives torch's."""
-    if (a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32 or not a.numel()
-            or not b.numel() or not onednn_products()):
+    if not a.numel() or not b.numel() or not _onednn_for(a, b):
         return torch.mm(a, b)
     # oneDNN's linear computes x · Wᵀ with W (out, in): here x = a, W = bᵀ.
     return torch.ops.mkldnn._linear_pointwise(_dense(a), _dense(b.t()), None, "none", [], "")
@@ -160,14 +167,6 @@ class LayerWeights:
             if self._frozen:  # replaced whole: safe to read from several threads
                 self._times = {**self._times, key: times}
         return times
-
-
-def _onednn_for(*tensors: Tensor) -> bool:
-    """Whether linear() takes oneDNN's way here: CPU float32 tensors, oneDNN chosen, and
-    nothing that must see plain torch operations (autocast, tracing, ONNX export)."""
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors) or not onednn_products():
-        return False
-    return not (torch.is_autocast_enabled("cpu") or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 class _Linear(torch.autograd.Function):
