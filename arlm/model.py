@@ -125,15 +125,6 @@ def embedding_dropout(weight: Tensor, ids: Tensor, p: float, training: bool, spa
 # --- the language model ------------------------------------------------------------
 
 
-def fast_linears(module: nn.Module) -> None:
-    """Make every plain nn.Linear inside `module` (torch's adaptive softmax builds its own) a
-    fast.Linear, in place: the same object and parameters (no new initialisation, so no
-    random draw moves), only its products go by fast.linear, as the model's other layers'."""
-    for m in module.modules():
-        if type(m) is nn.Linear:
-            m.__class__ = fast.Linear
-
-
 class TiedHead(nn.Module):
     """The adaptive softmax head with its shortlist rows tied to the embeddings.
 
@@ -181,7 +172,7 @@ class LanguageModel(nn.Module):
             self.decoder = None
             if cfg.tie_weights:
                 self.adaptive.head = TiedHead(self.embedding, cfg.effective_cutoffs[0], len(cfg.effective_cutoffs))
-            fast_linears(self.adaptive)
+            fast.adopt_linears(self.adaptive)  # torch's module builds its own nn.Linear layers
         else:
             self.adaptive = None
             self.decoder = fast.Linear(out_size, cfg.vocab_size)

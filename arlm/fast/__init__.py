@@ -18,6 +18,7 @@ and for the large products, torch's BLAS or oneDNN, whichever is the fast one on
 (products.py; ARLM_MATMUL=blas|onednn forces one):
 
     mm(a, b)  ==  a @ b        linear(x, W, b)  ==  F.linear(x, W, b)        Linear  ==  nn.Linear
+    adopt_linears(module)      a module's own nn.Linear layers made Linear, in place
 
 and for dropout, torch's own random masks drawn in C (masks.py):
 
@@ -39,9 +40,9 @@ from torch import Tensor
 from arlm.fast import build, c_step, c_window, torch_loop
 from arlm.fast.adaptive import adaptive_nll
 from arlm.fast.masks import bernoulli_, dropout, dropout_mask
-from arlm.fast.products import LayerWeights, Linear, linear, mm
+from arlm.fast.products import LayerWeights, Linear, adopt_linears, linear, mm
 
-__all__ = ["LayerWeights", "Linear", "adaptive_nll", "bernoulli_", "dropout", "dropout_mask", "linear", "lstm_window", "mm",
+__all__ = ["LayerWeights", "Linear", "adaptive_nll", "adopt_linears", "bernoulli_", "dropout", "dropout_mask", "linear", "lstm_window", "mm",
            "prepare_keep", "run_forward", "Window"]
 
 

@@ -204,3 +204,12 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight, self.bias)
+
+
+def adopt_linears(module: nn.Module) -> None:
+    """Make every plain nn.Linear inside `module` a `Linear`, in place: the same objects and
+    parameters (no new initialisation, so no random draw moves), only their products go by
+    `linear` — for layers a module builds itself, such as torch's adaptive softmax's."""
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = Linear
