@@ -41,13 +41,13 @@ from arlm import fast
 from arlm.cell import trace_of
 from arlm.config import ModelConfig
 from arlm.fast import build
-from arlm.fast.lowp import Decoder, LowPrecision
+from arlm.fast.lowp import ROWS, Decoder, LowPrecision
 from arlm.model import LanguageModel, Output, State, TiedHead
 
 WEIGHTS = ("float32", "float16", "int8")
 
 
-SMALL_BATCH = 4  # float32 products of at most this many rows (tokens) run in lowp's C loops (see _Layer)
+SMALL_BATCH = ROWS  # float32 products of at most this many rows (tokens) run in lowp's C loops (see _Layer)
 
 
 def _c_float32(dtype: str, device: torch.device) -> bool:

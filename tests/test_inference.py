@@ -31,7 +31,8 @@ def compiled(request):
 
 
 @pytest.mark.parametrize("softmax,tie,hidden,layers", CASES)
-@pytest.mark.parametrize("T,B", [(1, 1), (5, 2), (40, 3)])  # one token, the per-step loop, the C window
+# one token; the per-step paths (the time loop in C for a prompt's one sequence, in Python for 6); the C window
+@pytest.mark.parametrize("T,B", [(1, 1), (5, 2), (31, 1), (5, 6), (40, 3)])
 def test_frozen_float32_equals_the_model(softmax, tie, hidden, layers, T, B, compiled):
     m = model(softmax, tie, hidden, layers)
     engine = FrozenModel(m)

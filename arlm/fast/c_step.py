@@ -1,7 +1,13 @@
 """The per-step C path: a Python time loop, the product with h_{t-1} by torch (oneDNN),
 the element-wise rest of each step (σ, tanh, c, h and their derivatives) in one C loop
 (lstm_step.c) instead of a dozen torch calls. Used on CPU float32 when the whole-window
-call does not apply (H not a whole number of vectors, or a small window)."""
+call does not apply (H not a whole number of vectors, or a small window).
+
+A forward pass over at most lowp.ROWS sequences (a prompt, a typing session's context, a
+short window in eval) runs its time loop in C too: each step's product is then one pass
+over W_h for a few rows, which lstm_step.c's sequence loop makes without going back to
+Python and torch each step (arlm_lstm_sequence, the inference engine's loop, reading W's
+h columns in place)."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import torch
 from torch import Tensor
 
 from arlm.fast.build import Kernel
+from arlm.fast.lowp import ROWS
 from arlm.fast.products import LayerWeights, Times, mm
 
 
@@ -19,6 +26,10 @@ def forward(kernel: Kernel, w: LayerWeights, x: Tensor, h0: Tensor, c0: Tensor, 
     gx = mm(x.reshape(T * B, I), w.W_x.t()).view(T, B, 4 * H)  # W_x·x_t; the C step adds b itself
     gates = torch.empty_like(gx)
     cs, tanh_cs, hs = x.new_empty(T, B, H), x.new_empty(T, B, H), x.new_empty(T, B, H)
+    if B <= ROWS:  # every step in one C call; it reads the first H columns of the weight it is given
+        W_h = w.W if w.h_mask is None else w.W_h
+        kernel.low_window("float32", W_h, None, gx, w.b, h0, c0, keep, gates, cs, tanh_cs, hs)
+        return gates, cs, tanh_cs, hs
     times_W_h = w.times_W_h(B, T)
     h_in = h0 * keep[0] if keep is not None else h0
     h_next = x.new_empty(B, H)  # h_t ⊙ keep_{t+1}: what the next product reads

@@ -18,6 +18,8 @@ from torch import Tensor
 
 from arlm.fast import build
 
+ROWS = 4  # the C product multiplies up to this many input rows in one pass over the weight
+
 
 class LowPrecision:
     """A float32 weight (N, K) kept as float16, or as int8 with one float32 scale per row
