@@ -399,8 +399,9 @@ def fit_mixture(checkpoint: str | os.PathLike, order: int = 5, max_tokens: int =
     progress(f"fitting a Kneser-Ney {order}-gram on the train split of {corpus} with the model's tokenizer ...")
     train = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in stream(splits["train"])])
     ngram = KneserNey(order, lm.vocab_size, eos).fit(train)
-    progress(f"  {len(train):,} tokens, {sum(ngram.num_ngrams()):,} n-grams, {time.perf_counter() - t0:.1f} s")
-    result: dict = {"order": order, "train_tokens": int(len(train))}
+    fit_seconds = time.perf_counter() - t0
+    progress(f"  {len(train):,} tokens, {sum(ngram.num_ngrams()):,} n-grams, {fit_seconds:.1f} s")
+    result: dict = {"order": order, "train_tokens": int(len(train)), "fit_seconds": fit_seconds}
     for split in ("valid", "test"):
         docs = stream(splits[split], max_tokens)
         # the model's log-probabilities of each document's tokens and closing eos, from its start
