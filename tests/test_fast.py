@@ -20,10 +20,11 @@ ISAS = kernel.available_isas()  # every build of the C step this CPU runs (avx51
 def path(request, monkeypatch):
     """Run a test on each implementation of the fast path: the whole window in one C call
     (where H is whole vectors and T·B >= 32), a Python time loop around the compiled C
-    step (for up to four sequences the forward's time loop in C too), and the torch-operations fallback (arlm/fast/); the C paths in every build this
-    CPU runs (lanes of 16, 8 or 4 floats), their large products by torch's BLAS, and the
-    best build's also by oneDNN (products.mm: the default on some CPUs, so every CI
-    machine runs both)."""
+    step (for up to four sequences the forward's time loop in C too), and the
+    torch-operations fallback (arlm/fast/); the C paths in every build this CPU runs
+    (lanes of 16, 8 or 4 floats), their large products by torch's BLAS, and the best
+    build's also by oneDNN (products.mm: the default on some CPUs, so every CI machine
+    runs both)."""
     name, _, rest = request.param.partition("/")
     isa, _, products = rest.partition("/")
     compiled = name != "torch ops"
